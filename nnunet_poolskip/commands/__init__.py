@@ -1,0 +1,1 @@
+"""Subcommands of the ``nnunet-poolskip`` console script (see ``nnunet_poolskip.cli``)."""

@@ -1,0 +1,25 @@
+"""All trainer classes of this project. ``TRAINERS`` is the single list that ``trainers/`` re-exports."""
+from nnunet_poolskip.training.base import nnUNetTrainerBaseline
+from nnunet_poolskip.training.poolskip import (
+    nnUNetTrainerAblationConvSkip,
+    nnUNetTrainerAblationPoolConv,
+    nnUNetTrainerAblationPoolSkip,
+    nnUNetTrainerPoolSkip,
+    nnUNetTrainerPoolSkipAMOS,
+    nnUNetTrainerPoolSkipS4,
+)
+
+TRAINERS = {
+    cls.__name__: cls
+    for cls in (
+        nnUNetTrainerBaseline,
+        nnUNetTrainerPoolSkip,
+        nnUNetTrainerPoolSkipAMOS,
+        nnUNetTrainerPoolSkipS4,
+        nnUNetTrainerAblationPoolSkip,
+        nnUNetTrainerAblationConvSkip,
+        nnUNetTrainerAblationPoolConv,
+    )
+}
+
+__all__ = list(TRAINERS) + ["TRAINERS"]

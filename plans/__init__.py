@@ -1,0 +1,1 @@
+"""Plans presets (JSON data), installed as ``nnunet_poolskip.plans_presets``."""

@@ -1,0 +1,104 @@
+"""Shared fixtures: a planned toy dataset and cached short CPU trainings through nnU-Net's real CLI."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from toydata import write_toy_dataset  # noqa: E402
+
+BIN = Path(sys.executable).parent
+TOY_ID = 901
+CPU_PLANS = "nnUNetPlansCPU"
+
+
+def run_cli(args: List[str], env: Dict[str, str], timeout: float = 300, check: bool = True,
+            cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
+    """Run a console script from this venv; on failure, fail the test with its output."""
+    exe = str(BIN / args[0]) if (BIN / args[0]).exists() else args[0]
+    proc = subprocess.run([exe, *args[1:]], env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{' '.join(args)} exited {proc.returncode}\n--- stdout ---\n{proc.stdout[-6000:]}"
+                    f"\n--- stderr ---\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def short_schedule_env(epochs: int = 1, iterations: int = 3, val_iterations: int = 2) -> Dict[str, str]:
+    from nnunet_poolskip.training.schedule import schedule_environment
+
+    return schedule_environment(epochs, iterations, val_iterations)
+
+
+@dataclass
+class NnunetWorkspace:
+    """nnU-Net folders and the environment for subprocesses, with a planned toy dataset in it."""
+
+    root: Path
+    env: Dict[str, str]
+    dataset_id: int = TOY_ID
+    dataset_name: str = f"Dataset{TOY_ID:03d}_Toy"
+    plans: str = CPU_PLANS
+    _trained: Dict[tuple, Path] = field(default_factory=dict)
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "nnUNet_raw" / self.dataset_name
+
+    @property
+    def preprocessed(self) -> Path:
+        return self.root / "nnUNet_preprocessed" / self.dataset_name
+
+    def model_folder(self, trainer: str, configuration: str = "3d_fullres", plans: Optional[str] = None) -> Path:
+        return self.root / "nnUNet_results" / self.dataset_name / f"{trainer}__{plans or self.plans}__{configuration}"
+
+    def train(self, trainer: str, fold: int = 0, configuration: str = "3d_fullres",
+              plans: Optional[str] = None, extra_env: Optional[Dict[str, str]] = None) -> Path:
+        """Train one fold with the short schedule through ``nnUNetv2_train`` (cached per session)."""
+        key = (trainer, fold, configuration, plans or self.plans)
+        folder = self.model_folder(trainer, configuration, plans)
+        if not (folder / f"fold_{fold}" / "checkpoint_final.pth").is_file():
+            env = {**self.env, **short_schedule_env(), **(extra_env or {})}
+            run_cli(["nnUNetv2_train", str(self.dataset_id), configuration, str(fold), "-tr", trainer,
+                     "-p", plans or self.plans, "-device", "cpu"], env, timeout=600)
+        self._trained[key] = folder
+        return folder
+
+
+def nnunet_env(root: Path) -> Dict[str, str]:
+    from nnunet_poolskip.discovery import ext_trainer_value
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet_", "NNUNET_POOLSKIP_"))}
+    env.update({
+        "nnUNet_raw": str(root / "nnUNet_raw"),
+        "nnUNet_preprocessed": str(root / "nnUNet_preprocessed"),
+        "nnUNet_results": str(root / "nnUNet_results"),
+        "nnUNet_extTrainer": ext_trainer_value(""),
+        "nnUNet_def_n_proc": "1",
+        "nnUNet_compile": "f",
+        "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "2"),
+    })
+    for sub in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    return env
+
+
+@pytest.fixture(scope="session")
+def toy_workspace(tmp_path_factory) -> NnunetWorkspace:
+    """A toy dataset (6 training + 2 test cases), planned and preprocessed for 3d_fullres, with CPU plans.
+
+    Training env has nnUNet_n_proc_DA=0 (no worker processes); planning runs without it, since
+    nnUNetv2_plan_and_preprocess crashes with it.
+    """
+    root = tmp_path_factory.mktemp("nnunet")
+    env = nnunet_env(root)
+    write_toy_dataset(root / "nnUNet_raw", TOY_ID, n_cases=6, n_test=2)
+    run_cli(["nnUNetv2_plan_and_preprocess", "-d", str(TOY_ID), "-c", "3d_fullres", "-np", "1"], env)
+    run_cli(["nnunet-poolskip", "derive-plans", "-d", str(TOY_ID)], env)
+    env["nnUNet_n_proc_DA"] = "0"
+    return NnunetWorkspace(root=root, env=env)
