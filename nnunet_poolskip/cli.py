@@ -14,6 +14,14 @@ from typing import List, Optional
 COMMAND_MODULES = (
     "env",
     "derive_plans",
+    "synth",
+    "convert_btcv",
+    "convert_amos",
+    "predict",
+    "evaluate",
+    "compare",
+    "diagnose",
+    "benchmark",
 )
 
 

@@ -17,21 +17,38 @@ Spatial sizes: the authors' code requires every spatial size to be divisible by 
 uses partial windows at the far border (``ceil_mode=True``), so every window that overlaps the input
 keeps its maximum and the output always has exactly ``y``'s shape, including sizes smaller than e.
 With ``pool_size`` 1 the pool/unpool pair is the identity, so ``full`` equals ``conv_skip``.
+
+Implementations (keyword ``implementation``, same parameters, same ``state_dict`` keys, same numbers):
+
+    "lean"       saves only the pooled values and int8 argmax offsets for backward and rebuilds
+                 the unpooled map there (:mod:`nnunet_poolskip.lean`): 0.625 instead of 9 bytes
+                 per float32 voxel for ``full`` with pool size 2 in 3D.
+    "reference"  the straightforward composition of ``max_pool*d``, ``max_unpool*d`` and the conv
+                 (:func:`max_pool_unpool`); the tests check "lean" against it.
+:data:`DEFAULT_IMPLEMENTATION` is what modules (and so every trainer) get when not told otherwise.
+``conv_skip`` (and pool size 1) has no pooling to save on and runs the same code in both.
 """
 from __future__ import annotations
 
 from typing import Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from nnunet_poolskip.lean import POOL_FUNCTIONS, UNPOOL_FUNCTIONS, lean_pool_unpool, lean_pool_unpool_conv
 
 VARIANTS: Tuple[str, ...] = ("full", "pool_skip", "conv_skip", "pool_conv")
 """Valid values of ``variant``; the single source of truth for the ablation names."""
 
+IMPLEMENTATIONS: Tuple[str, ...] = ("lean", "reference")
+"""Valid values of ``implementation``."""
+DEFAULT_IMPLEMENTATION = "reference"
+"""What the module family (and so every trainer) uses unless told otherwise. Issue 8 makes "lean" the
+default once it meets its targets; see benchmarks/overhead.py and benchmarks/RESULTS.md."""
+
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
-_UNPOOL = {1: F.max_unpool1d, 2: F.max_unpool2d, 3: F.max_unpool3d}
+_POOL = POOL_FUNCTIONS
+_UNPOOL = UNPOOL_FUNCTIONS
 
 
 def _as_tuple(value: Union[int, Sequence[int]], ndim: int, name: str) -> Tuple[int, ...]:
@@ -73,13 +90,16 @@ class _PoolSkipNd(nn.Module):
     spatial_dims: int = 0
 
     def __init__(self, channels: int, pool_size: Union[int, Sequence[int]] = 2, kernel_size: int = 3,
-                 variant: str = "full") -> None:
+                 variant: str = "full", *, implementation: str = DEFAULT_IMPLEMENTATION) -> None:
         """
         Args:
             channels: channels of the host conv's output (= in and out channels of the inner conv).
             pool_size: max-pool kernel and stride in voxels, one int or one per spatial axis.
             kernel_size: inner conv kernel in voxels (odd, so that "same" padding keeps the shape).
             variant: one of :data:`VARIANTS`.
+            implementation: one of :data:`IMPLEMENTATIONS` (keyword only); changes what is kept for
+                backward, never the numbers or the parameters. May be changed later through the
+                ``implementation`` attribute or :func:`set_implementation`.
         """
         super().__init__()
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
@@ -93,13 +113,26 @@ class _PoolSkipNd(nn.Module):
         self.pool_size = _as_tuple(pool_size, self.spatial_dims, "pool_size")
         self.kernel_size = kernel_size
         self.variant = variant
+        self.implementation = implementation
         if variant != "pool_skip":
             self.conv = _CONV[self.spatial_dims](channels, channels, kernel_size, stride=1,
                                                  padding=kernel_size // 2, bias=True)
 
+    @property
+    def implementation(self) -> str:
+        """``"lean"`` or ``"reference"``: how the pooling branch keeps what backward needs."""
+        # modules pickled whole before this attribute existed run the default
+        return getattr(self, "_implementation", DEFAULT_IMPLEMENTATION)
+
+    @implementation.setter
+    def implementation(self, value: str) -> None:
+        if value not in IMPLEMENTATIONS:
+            raise ValueError(f"unknown implementation {value!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
+        self._implementation = value
+
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, pool_size={self.pool_size}, kernel_size={self.kernel_size}, "
-                f"variant={self.variant!r}")
+                f"variant={self.variant!r}, implementation={self.implementation!r}")
 
     def _check_input(self, y: torch.Tensor) -> None:
         if y.dim() != self.spatial_dims + 2:
@@ -113,12 +146,20 @@ class _PoolSkipNd(nn.Module):
         self._check_input(y)
         if self.variant == "conv_skip":
             return y + self.conv(y)
+        if self.implementation == "lean" and any(p > 1 for p in self.pool_size):
+            return self._lean_forward(y)
         unpooled = max_pool_unpool(y, self.pool_size)
         if self.variant == "pool_skip":
             return y + unpooled
         if self.variant == "pool_conv":
             return self.conv(unpooled)
         return y + self.conv(unpooled)
+
+    def _lean_forward(self, y: torch.Tensor) -> torch.Tensor:
+        if self.variant == "pool_skip":
+            return lean_pool_unpool(y, self.pool_size, skip=True)
+        return lean_pool_unpool_conv(y, self.conv.weight, self.conv.bias, self.pool_size, self.conv.padding,
+                                     skip=self.variant == "full")
 
 
 class PoolSkip1d(_PoolSkipNd):
@@ -145,3 +186,19 @@ POOL_SKIP_CLASSES = {1: PoolSkip1d, 2: PoolSkip2d, 3: PoolSkip3d}
 def is_pool_skip(module: nn.Module) -> bool:
     """True for any Pool Skip module of this family."""
     return isinstance(module, _PoolSkipNd)
+
+
+def set_implementation(module: nn.Module, implementation: str) -> int:
+    """Switch every Pool Skip module inside ``module`` (itself included) to ``implementation``.
+
+    Parameters and numbers are unchanged; only what is kept for backward differs. Returns how many
+    Pool Skip modules were switched. Raises ValueError for an unknown implementation.
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown implementation {implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
+    switched = 0
+    for child in module.modules():
+        if is_pool_skip(child):
+            child.implementation = implementation
+            switched += 1
+    return switched

@@ -7,6 +7,9 @@ A preset is a JSON object with the keys
     max_patch_size_3d   per-axis cap (voxels) on 3D patch sizes
     max_patch_size_2d   per-axis cap (voxels) on 2D patch sizes
     batch_size
+and optionally
+    vnet_features_base  V-Net stem width copied into every configuration (MONAI's V-Net: 16; see
+                        nnunet_poolskip.training.vnet); without it V-Net trainers use full width
 Everything else (stages, kernels, strides, spacing, normalisation, ``data_identifier``) is kept, so the
 already preprocessed data serves the new plans without preprocessing again. Capped patch sizes are
 rounded down to a multiple of the network's total stride on that axis (never below one such multiple),
@@ -73,6 +76,8 @@ def derive_plans(plans: Dict, preset: Dict) -> Dict:
         cap = preset["max_patch_size_3d"] if len(patch) == 3 else preset["max_patch_size_2d"]
         configuration["patch_size"] = _capped_patch(patch, kwargs["strides"], cap)
         configuration["batch_size"] = preset["batch_size"]
+        if "vnet_features_base" in preset:
+            configuration["vnet_features_base"] = preset["vnet_features_base"]
     return new
 
 

@@ -8,6 +8,7 @@ from nnunet_poolskip.training.poolskip import (
     nnUNetTrainerPoolSkipAMOS,
     nnUNetTrainerPoolSkipS4,
 )
+from nnunet_poolskip.training.vnet import nnUNetTrainerVNet, nnUNetTrainerVNetPoolSkip, nnUNetTrainerVNetPoolSkipAll
 
 TRAINERS = {
     cls.__name__: cls
@@ -19,6 +20,9 @@ TRAINERS = {
         nnUNetTrainerAblationPoolSkip,
         nnUNetTrainerAblationConvSkip,
         nnUNetTrainerAblationPoolConv,
+        nnUNetTrainerVNet,
+        nnUNetTrainerVNetPoolSkip,
+        nnUNetTrainerVNetPoolSkipAll,
     )
 }
 

@@ -1,0 +1,186 @@
+"""Benchmark profiles: ``paper`` (the paper's protocol at nnU-Net's defaults) and ``demo`` (CPU smoke run).
+
+A profile fixes every setting that makes a run what it is; command-line options override single fields
+(``--epochs``, ``--folds``, ``--cases``...) and the table says so. ``Settings`` is the resolved result.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from nnunet_poolskip.benchmark.protocol import PAPER_FOLDS, PAPER_MODELS
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Defaults of one kind of run.
+
+    Attributes:
+        name: ``paper`` or ``demo``.
+        description: one line for the table and the log.
+        device: ``cuda`` or ``cpu`` (training and inference).
+        plans_preset: plans preset applied with ``derive-plans`` (None: nnU-Net's own plans).
+        epochs / iterations / val_iterations: short schedule (None: nnU-Net's 1000 / 250 / 50).
+        folds: cross-validation folds trained and ensembled.
+        models: model names (see protocol.MODELS).
+        synthetic_cases: without ``--raw``, generate this many phantoms with ``synth`` (None: ``--raw``
+            is required).
+        synth_seed: seed of the phantoms.
+        synth_size: nominal voxel grid (z, y, x) of the phantoms (None: synth's default).
+        preprocess_processes: ``-np`` of ``nnUNetv2_plan_and_preprocess`` (None: nnU-Net's default).
+        cpu_training_env: set nnU-Net's CPU-friendly variables (no augmentation workers, one process
+            for the final validation's export, no torch.compile).
+        test_time_mirroring: mirror the test-time inference (nnU-Net's TTA).
+        smoke: the run is a smoke test, not a reproduction; the table says so.
+    """
+
+    name: str
+    description: str
+    device: str
+    plans_preset: Optional[str]
+    epochs: Optional[int]
+    iterations: Optional[int]
+    val_iterations: Optional[int]
+    folds: Tuple[int, ...]
+    models: Tuple[str, ...]
+    synthetic_cases: Optional[int]
+    synth_seed: int
+    synth_size: Optional[Tuple[int, int, int]]
+    preprocess_processes: Optional[int]
+    cpu_training_env: bool
+    test_time_mirroring: bool
+    smoke: bool
+
+
+PROFILES: Dict[str, Profile] = {
+    "paper": Profile(
+        name="paper",
+        description="the paper's protocol at nnU-Net's defaults (1000 epochs x 250 iterations, default plans, "
+                    "5 folds, softmax ensemble of the 5 folds, mirrored test-time inference)",
+        device="cuda", plans_preset=None, epochs=None, iterations=None, val_iterations=None,
+        folds=PAPER_FOLDS, models=PAPER_MODELS, synthetic_cases=None, synth_seed=0, synth_size=None,
+        preprocess_processes=None, cpu_training_env=False, test_time_mirroring=True, smoke=False),
+    "demo": Profile(
+        name="demo",
+        description="smoke-scale run on synthetic BTCV-like phantoms on the CPU: CPU-sized plans, a very short "
+                    "schedule, fewer folds; it shows the pipeline works, it does NOT reproduce the paper",
+        device="cpu", plans_preset="cpu_small", epochs=3, iterations=10, val_iterations=2,
+        folds=(0, 1), models=PAPER_MODELS, synthetic_cases=30, synth_seed=0, synth_size=(32, 48, 48),
+        preprocess_processes=2, cpu_training_env=True, test_time_mirroring=False, smoke=True),
+}
+
+
+OVERRIDE_OPTIONS: Dict[str, str] = {
+    "device": "--device", "plans_preset": "--plans-preset", "epochs": "--epochs", "iterations": "--iterations",
+    "val_iterations": "--val-iterations", "folds": "--folds", "models": "--models",
+    "synthetic_cases": "--cases", "synth_seed": "--seed", "synth_size": "--phantom-size",
+    "preprocess_processes": "--preprocess-processes",
+    "test_time_mirroring": "--tta", "num_gpus": "--num-gpus",
+}
+"""Settings field -> the benchmark's command-line option that overrides it (one source for the CLI and for
+the command lines written into SLURM scripts)."""
+
+
+@dataclass
+class Settings:
+    """A profile with the command line's overrides applied; ``overridden`` lists the changed fields."""
+
+    profile: str
+    description: str
+    device: str
+    plans_preset: Optional[str]
+    epochs: Optional[int]
+    iterations: Optional[int]
+    val_iterations: Optional[int]
+    folds: Tuple[int, ...]
+    models: Tuple[str, ...]
+    synthetic_cases: Optional[int]
+    synth_seed: int
+    synth_size: Optional[Tuple[int, int, int]]
+    preprocess_processes: Optional[int]
+    cpu_training_env: bool
+    test_time_mirroring: bool
+    smoke: bool
+    num_gpus: int = 1
+    overridden: List[str] = field(default_factory=list)
+
+    @property
+    def short_schedule(self) -> bool:
+        """True when any part of nnU-Net's default training schedule is replaced."""
+        return any(v is not None for v in (self.epochs, self.iterations, self.val_iterations))
+
+    @property
+    def reduced_folds(self) -> bool:
+        """True when fewer than the paper's 5 folds are trained."""
+        return tuple(sorted(self.folds)) != PAPER_FOLDS
+
+    def override_arguments(self) -> List[str]:
+        """The command-line options that turn the profile into these settings (for emitted job scripts)."""
+        argv: List[str] = []
+        for key in self.overridden:
+            value = getattr(self, key)
+            option = OVERRIDE_OPTIONS[key]
+            if key == "test_time_mirroring":
+                argv.append("--tta" if value else "--no-tta")
+            elif key in ("folds", "models", "synth_size"):
+                argv += [option, *map(str, value)]
+            elif key == "plans_preset" and value is None:
+                argv += [option, "none"]
+            else:
+                argv += [option, str(value)]
+        return argv
+
+    def protocol_key(self) -> Dict:
+        """The settings that change what a trained fold is; a rerun must match them to resume."""
+        return {"device": self.device, "plans_preset": self.plans_preset, "epochs": self.epochs,
+                "iterations": self.iterations, "val_iterations": self.val_iterations,
+                "synthetic_cases": self.synthetic_cases, "synth_seed": self.synth_seed,
+                "synth_size": list(self.synth_size) if self.synth_size else None}
+
+
+def resolve_settings(profile_name: str, **overrides) -> Settings:
+    """The named profile with every non-None override applied.
+
+    Args:
+        profile_name: a key of ``PROFILES``.
+        **overrides: Settings field -> value; None means "keep the profile's value".
+
+    Raises:
+        ValueError: for an unknown profile, an unknown field or a value out of range.
+    """
+    if profile_name not in PROFILES:
+        raise ValueError(f"unknown profile {profile_name!r}; choose one of {sorted(PROFILES)}")
+    base = dataclasses.asdict(PROFILES[profile_name])
+    base["profile"] = base.pop("name")
+    settings = Settings(**base)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if not hasattr(settings, key) or key in ("profile", "overridden"):
+            raise ValueError(f"unknown benchmark setting {key!r}")
+        if key in ("folds", "models", "synth_size"):
+            value = tuple(value)
+        if getattr(settings, key) != value:
+            settings.overridden.append(key)
+        setattr(settings, key, value)
+    _check(settings)
+    return settings
+
+
+def _check(settings: Settings) -> None:
+    for key in ("epochs", "iterations", "val_iterations", "synthetic_cases"):
+        value = getattr(settings, key)
+        if value is not None and value < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
+    if not settings.folds:
+        raise ValueError("--folds is empty")
+    bad = [f for f in settings.folds if f < 0]
+    if bad or len(set(settings.folds)) != len(settings.folds):
+        raise ValueError(f"--folds must be distinct non-negative fold numbers, got {list(settings.folds)}")
+    if settings.device not in ("cuda", "cpu"):
+        raise ValueError(f"--device must be cuda or cpu, got {settings.device!r}")
+    if settings.num_gpus < 1:
+        raise ValueError(f"--num-gpus must be >= 1, got {settings.num_gpus}")
+    if settings.num_gpus > 1 and settings.device != "cuda":
+        raise ValueError("--num-gpus > 1 uses nnU-Net's DDP training, which needs --device cuda")

@@ -1,0 +1,145 @@
+"""The paper's Table 3 protocol as data: which models, which trainers, which data sets, which folds.
+
+This module is the single source of truth for the benchmark's model names. A model name (what users
+type after ``--models``) maps to one nnU-Net trainer class name; for AMOS, ``nnunet_poolskip`` maps to
+``nnUNetTrainerPoolSkipAMOS`` (Pool Skip in all encoder stages but the last), as in the paper. Any
+trainer class name (``nnUNetTrainer...``) is also accepted as a model name and used as it is.
+
+The baseline ``nnunet`` is ``nnUNetTrainerBaseline``: nnU-Net's own trainer and network, unchanged,
+which in addition honours the ``NNUNET_POOLSKIP_*`` short-schedule variables, so that under a short
+schedule the baseline and the Pool Skip model train for exactly as long. With those variables unset
+(the ``paper`` profile removes them from the environment of every step) it trains exactly as
+``nnUNetTrainer``. ``nnunet_stock`` selects the stock ``nnUNetTrainer`` itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+CONFIGURATION = "3d_fullres"
+"""The nnU-Net configuration the paper's 3D models are trained in."""
+
+DEFAULT_PLANS = "nnUNetPlans"
+"""nnU-Net's default plans identifier (what ``nnUNetv2_plan_and_preprocess`` writes)."""
+
+PAPER_FOLDS: Tuple[int, ...] = (0, 1, 2, 3, 4)
+"""5-fold cross-validation on train+val; the test set is predicted by the softmax average of all five."""
+
+PAPER_MODELS: Tuple[str, ...] = ("nnunet", "nnunet_poolskip", "vnet", "vnet_poolskip")
+"""The four rows of the paper's Table 3 (its table lists V-Net first; the order here is the table's)."""
+
+
+@dataclass(frozen=True)
+class Model:
+    """One row of a comparison table.
+
+    Attributes:
+        name: the model name on the command line (``--models``).
+        display: the name printed in tables.
+        trainer: nnU-Net trainer class name.
+        trainer_amos: trainer class name used instead on AMOS (None: same as ``trainer``).
+        base: the model this one is compared against in the paper (its row without Pool Skip).
+    """
+
+    name: str
+    display: str
+    trainer: str
+    trainer_amos: Optional[str] = None
+    base: Optional[str] = None
+
+    def trainer_for(self, dataset_kind: str) -> str:
+        """The trainer class name for a data set kind (``btcv``, ``amos`` or ``custom``)."""
+        if dataset_kind == "amos" and self.trainer_amos:
+            return self.trainer_amos
+        return self.trainer
+
+
+MODELS: Dict[str, Model] = {m.name: m for m in (
+    Model("nnunet", "nnU-Net", "nnUNetTrainerBaseline"),
+    Model("nnunet_poolskip", "nnU-Net + Pool Skip", "nnUNetTrainerPoolSkip",
+          trainer_amos="nnUNetTrainerPoolSkipAMOS", base="nnunet"),
+    Model("vnet", "V-Net", "nnUNetTrainerVNet"),
+    Model("vnet_poolskip", "V-Net + Pool Skip", "nnUNetTrainerVNetPoolSkip", base="vnet"),
+    # variants and the paper's Table 4 ablations
+    Model("nnunet_stock", "nnU-Net (stock trainer)", "nnUNetTrainer"),
+    Model("nnunet_poolskip_all", "nnU-Net + Pool Skip (all stages)", "nnUNetTrainerPoolSkip", base="nnunet"),
+    Model("nnunet_poolskip_amos", "nnU-Net + Pool Skip (all but last stage)", "nnUNetTrainerPoolSkipAMOS",
+          base="nnunet"),
+    Model("nnunet_poolskip_s4", "nnU-Net + Pool Skip (pool size 4)", "nnUNetTrainerPoolSkipS4", base="nnunet"),
+    Model("ablation_pool_skip", "nnU-Net + pool skip only", "nnUNetTrainerAblationPoolSkip", base="nnunet"),
+    Model("ablation_conv_skip", "nnU-Net + conv skip only", "nnUNetTrainerAblationConvSkip", base="nnunet"),
+    Model("ablation_pool_conv", "nnU-Net + pool-conv, no skip", "nnUNetTrainerAblationPoolConv", base="nnunet"),
+    Model("vnet_poolskip_all", "V-Net + Pool Skip (all stages)", "nnUNetTrainerVNetPoolSkipAll", base="vnet"),
+)}
+
+
+@dataclass(frozen=True)
+class DatasetKind:
+    """A data set the benchmark knows how to convert.
+
+    Attributes:
+        name: ``btcv`` or ``amos``.
+        dataset_id: default nnU-Net dataset id (the converters' defaults).
+        converter: the ``nnunet-poolskip`` subcommand that converts the raw download.
+        n_test: size of the paper's held-out test set.
+    """
+
+    name: str
+    dataset_id: int
+    converter: str
+    n_test: int
+
+
+DATASET_KINDS: Dict[str, DatasetKind] = {
+    "btcv": DatasetKind("btcv", 17, "convert-btcv", 12),
+    "amos": DatasetKind("amos", 218, "convert-amos", 120),
+}
+
+
+def resolve_model(name: str) -> Model:
+    """The Model for a model name, or an ad-hoc Model for a trainer class name (``nnUNetTrainer...``).
+
+    Raises:
+        ValueError: naming the unknown model and listing the known ones.
+    """
+    if name in MODELS:
+        return MODELS[name]
+    if name.startswith("nnUNetTrainer"):
+        return Model(name, name, name)
+    raise ValueError(f"unknown model {name!r}: use one of {sorted(MODELS)} or a trainer class name "
+                     f"(nnUNetTrainer...)")
+
+
+def parse_models(text: Sequence[str] | str) -> List[Model]:
+    """Models from ``--models`` (comma- and/or space-separated names), in the order given, no duplicates."""
+    if isinstance(text, str):
+        text = [text]
+    names = [n.strip() for part in text for n in part.split(",") if n.strip()]
+    if not names:
+        raise ValueError("--models is empty")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"--models names {duplicates} more than once")
+    return [resolve_model(n) for n in names]
+
+
+def check_trainers_available(trainers: Sequence[str]) -> None:
+    """Raise ValueError naming every trainer that neither this project nor nnU-Net provides.
+
+    Imports nnU-Net (slow): call it once, before any long work.
+    """
+    from nnunet_poolskip.training import TRAINERS
+
+    missing = []
+    for trainer in trainers:
+        if trainer in TRAINERS:
+            continue
+        try:
+            from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+            recursive_find_trainer_class_by_name(trainer)
+        except Exception:  # nnU-Net raises RuntimeError; anything else also means "not usable"
+            missing.append(trainer)
+    if missing:
+        raise ValueError(f"trainer class(es) {missing} not found in nnunet_poolskip.training.TRAINERS nor in "
+                         f"nnU-Net; check --models")

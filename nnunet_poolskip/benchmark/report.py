@@ -1,0 +1,225 @@
+"""The benchmark's table.md / table.csv: ``compare``'s numbers with the run's protocol and status on top.
+
+``compare`` gives every model's delta against the first summary. The paper's Table 3 instead shows each
+Pool Skip model against its own baseline (V-Net, +ours; nnU-Net, +ours), so the benchmark runs ``compare``
+once per (baseline, Pool Skip model) pair and once for all models, and assembles the paper's layout from
+the pairs' CSV rows (the numbers are compare's, never recomputed here). Above the table: whether this is a
+smoke-scale or synthetic run, every deviation from the paper's protocol, and whether the run is complete.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+from pathlib import Path
+from typing import Dict, List, Mapping, Sequence, Tuple
+
+from nnunet_poolskip.benchmark.protocol import PAPER_FOLDS, Model
+
+PAPER_EPOCHS, PAPER_ITERATIONS = 1000, 250
+METRICS = (("dice", "DICE (%)"), ("nsd", "NSD (%)"), ("miou", "mIoU (%)"))
+COPIED_FROM_ALL = ("per_organ.md", "per_organ.csv", "per_organ_dice.png")
+TABLE_FILES = ("table.md", "table.csv") + COPIED_FROM_ALL
+"""Everything compose_tables writes into the results folder."""
+
+
+def comparison_groups(models: Sequence[Model]) -> Dict[str, List[Model]]:
+    """``compare`` runs to make: ``all`` (every model, deltas against the first) and ``pair_<model>``
+    (baseline, model) for every model whose baseline is also in the run. A pair equal to ``all`` is left out."""
+    groups: Dict[str, List[Model]] = {"all": list(models)}
+    by_name = {m.name: m for m in models}
+    for model in models:
+        if model.base in by_name:
+            group = [by_name[model.base], model]
+            if [m.name for m in group] != [m.name for m in models]:
+                groups[f"pair_{model.name}"] = group
+    return groups
+
+
+def _read_csv(path: Path) -> Dict[str, Dict[str, str]]:
+    with open(path, newline="") as handle:
+        return {row["model"]: row for row in csv.DictReader(handle)}
+
+
+def _read_markdown_cells(path: Path) -> Dict[str, List[str]]:
+    """Model -> its metric cells, exactly as compare printed them in table3.md (``81.52`` or ``82.47 +0.95``).
+
+    The table is built from these strings rather than from the rounded CSV, so that it shows the very
+    numbers compare shows (formatting the CSV's 4-decimal values again could round a delta differently)."""
+    cells = {}
+    for line in path.read_text().splitlines():
+        parts = [p.strip() for p in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(parts) == 1 + len(METRICS) and not parts[0] == "Model":
+            cells[parts[0].replace(" †", "")] = parts[1:]
+    return cells
+
+
+def _number(text: str):
+    return None if text in ("", None) else float(text)
+
+
+def table_rows(models: Sequence[Model], outputs: Mapping[str, Tuple[List[Model], Path]]) -> List[Dict]:
+    """Rows of the paper's layout: each pair as (baseline, model with its delta), then the models in no pair.
+
+    Values are percent, read from compare's table3.csv files; deltas are percentage points against the row's
+    ``baseline`` (None for a baseline row); ``cells`` are the strings compare printed for them.
+    """
+    pairs = {name[len("pair_"):]: spec for name, spec in outputs.items() if name.startswith("pair_")}
+    by_name = {m.name: m for m in models}
+    if len(models) == 2 and models[1].base == models[0].name:  # the only pair is "all" itself
+        pairs[models[1].name] = outputs["all"]
+    rows, placed = [], set()
+
+    def row(model: Model, folder: Path, baseline: Model = None) -> Dict:
+        source = _read_csv(folder / "table3.csv")[model.display]
+        printed = _read_markdown_cells(folder / "table3.md")[model.display]
+        out = {"model": model.display, "name": model.name, "baseline": baseline.display if baseline else "",
+               "n_cases": int(source["n_cases"]), "incomplete": source["incomplete"] == "true",
+               # a row without a baseline shows its value only (compare's "all" table adds deltas to the first)
+               "cells": printed if baseline else [cell.split(" ")[0] for cell in printed]}
+        for key, _ in METRICS:
+            out[key] = _number(source[f"{key}_percent"])
+            out[f"delta_{key}"] = _number(source[f"delta_{key}"]) if baseline else None
+        return out
+
+    for model in models:
+        if model.name in pairs:
+            base = by_name[model.base]
+            folder = pairs[model.name][1]
+            if base.name not in placed:
+                rows.append(row(base, folder))
+                placed.add(base.name)
+            rows.append(row(model, folder, base))
+            placed.add(model.name)
+    for model in models:
+        if model.name not in placed and not any(p.base == model.name for p in models if p.name in pairs):
+            rows.append(row(model, outputs["all"][1]))
+    return rows
+
+
+def protocol_lines(config, record: Mapping, incomplete: Mapping[str, List[str]]) -> List[str]:
+    """The banner: smoke/synthetic warning, deviations from the paper's protocol, run status, set-up."""
+    s = config.settings
+    lines: List[str] = []
+    if s.smoke or config.synthetic:
+        what = "SYNTHETIC PHANTOMS" if config.synthetic else "real data"
+        lines.append(f"> **SMOKE-SCALE RUN ON {what}: NOT A REPRODUCTION of the paper's Table 3.** It shows that "
+                     f"the whole protocol runs end to end (conversion, nnU-Net planning and preprocessing, "
+                     f"training, softmax fold ensemble, Dice/NSD/mIoU); with this little training its numbers say "
+                     f"nothing about Pool Skip.")
+        lines.append("")
+    deviations = []
+    if tuple(sorted(s.folds)) != PAPER_FOLDS:
+        deviations.append(f"**{len(s.folds)} fold(s) ({' '.join(map(str, s.folds))}) instead of the paper's 5**; "
+                          f"the test set is predicted by the softmax mean of these folds")
+    if s.short_schedule:
+        deviations.append(f"short schedule: {s.epochs or PAPER_EPOCHS} epochs x {s.iterations or PAPER_ITERATIONS} "
+                          f"iterations (nnU-Net default {PAPER_EPOCHS} x {PAPER_ITERATIONS})")
+    if s.plans_preset:
+        deviations.append(f"plans {config.plans} (preset {s.plans_preset}: smaller networks and patches), not "
+                          f"nnU-Net's default plans")
+    if not s.test_time_mirroring:
+        deviations.append("no test-time mirroring")
+    if config.synthetic:
+        deviations.append(f"{s.synthetic_cases} synthetic {config.target.kind.upper()}-like phantoms (seed "
+                          f"{s.synth_seed}) instead of the real data")
+    if incomplete:
+        lines.append("**INCOMPLETE RUN.** Left out of the table because their training did not finish: "
+                     + "; ".join(f"{m} ({', '.join(v)})" for m, v in incomplete.items()) + ".")
+    else:
+        lines.append(f"Status: complete. Every model was trained on every listed fold and evaluated on all "
+                     f"{len(record.get('dataset', {}).get('test_cases', []))} test cases.")
+    lines.append("")
+    lines.append("Protocol: " + (f"profile `{s.profile}`; " if s.profile else "")
+                 + ("the paper's protocol" if not deviations else "deviations from the paper: " + "; ".join(deviations))
+                 + ".")
+    ds = record.get("dataset", {})
+    lines.append(f"Data: {ds.get('name', config.target.label)}, {ds.get('n_train_val', '?')} train+val cases "
+                 f"(cross-validation folds {' '.join(map(str, s.folds))}), {len(ds.get('test_cases', []))} held-out "
+                 f"test cases. Device {s.device}" + (f", {s.num_gpus} GPUs (DDP)" if s.num_gpus > 1 else "") + ".")
+    lines.append("Trainers: " + ", ".join(f"{m.display} = `{m.trainer_for(config.target.kind)}`"
+                                          for m in config.models) + ". Details: run.json.")
+    return lines
+
+
+def compose_tables(config, record: Mapping, outputs: Mapping[str, Tuple[List[Model], Path]],
+                   incomplete: Mapping[str, List[str]], folder: Path) -> Dict[str, Path]:
+    """Write table.md and table.csv into ``folder`` and copy the per-organ files of the all-models compare.
+
+    Args:
+        config: the runner.BenchmarkConfig.
+        record: run.json's data (dataset facts).
+        outputs: compare group name -> (models, compare output folder), from ``comparison_groups``.
+        incomplete: model name -> what is missing, for models left out.
+        folder: the results folder.
+    Returns:
+        kind -> written path.
+    """
+    from nnunet_poolskip.tables import write_text_atomic
+
+    models = outputs["all"][0]
+    rows = table_rows(models, outputs)
+    title = f"Pool Skip benchmark: {dataset_title(config)}"
+    header = ["Model"] + [label for _, label in METRICS]
+    body = [[r["model"] + (" †" if r["incomplete"] else "")] + r["cells"] for r in rows]
+    table = ["| " + " | ".join(header) + " |", "|---|" + ":---:|" * len(METRICS)]
+    table += ["| " + " | ".join(cells) + " |" for cells in body]
+    text = [f"# {title}", "", *protocol_lines(config, record, incomplete), "",
+            "## Test set, paper's Table 3 layout", "", *table, "",
+            "Foreground means over all organs, percent; a Pool Skip row's delta (percentage points) is against the "
+            "row of its own baseline above it." + (" † = evaluated on incomplete predictions." if any(
+                r["incomplete"] for r in rows) else "")]
+    all_table = (outputs["all"][1] / "table3.md").read_text()
+    if len(models) > 2 or not any(r["baseline"] for r in rows):
+        text += ["", "## All models, deltas against the first", "", all_table.strip()]
+    else:
+        notes = all_table.split("\n\nNotes:\n", 1)
+        if len(notes) == 2:
+            text += ["", "Notes:", notes[1].strip()]
+    text += ["", "Per organ: per_organ.md, per_organ.csv, per_organ_dice.png (per-case Dice per organ)."]
+    table_md = folder / "table.md"
+    write_text_atomic("\n".join(text) + "\n", table_md)
+
+    s = config.settings
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["model", "baseline", "dice_percent", "nsd_percent", "miou_percent", "delta_dice", "delta_nsd",
+                     "delta_miou", "n_cases", "incomplete", "folds", "epochs", "iterations", "plans", "profile",
+                     "smoke_scale", "synthetic_data", "run_complete"])
+    for r in rows:
+        writer.writerow([r["model"], r["baseline"], *[_csv(r[k]) for k, _ in METRICS],
+                         *[_csv(r[f"delta_{k}"]) for k, _ in METRICS], r["n_cases"], _bool(r["incomplete"]),
+                         " ".join(map(str, s.folds)), s.epochs or PAPER_EPOCHS, s.iterations or PAPER_ITERATIONS,
+                         config.plans, s.profile, _bool(s.smoke), _bool(config.synthetic), _bool(not incomplete)])
+    table_csv = folder / "table.csv"
+    write_text_atomic(buffer.getvalue(), table_csv)
+    written = {"table": table_md, "table_csv": table_csv}
+    for name in COPIED_FROM_ALL:
+        source = outputs["all"][1] / name
+        if source.is_file():
+            tmp = folder / f".{name}.tmp{os.getpid()}"
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, folder / name)
+            written[name] = folder / name
+    return written
+
+
+def short_title(config) -> str:
+    """The data set's short name (compare's --title): ``BTCV``, ``AMOS``, ``DatasetXXX_Name``, ``BTCV phantoms``."""
+    label = config.target.label.upper() if config.target.kind != "custom" else config.target.label
+    return f"{label} phantoms" if config.synthetic else label
+
+
+def dataset_title(config) -> str:
+    """The data set's name for table.md's title; synthetic runs say so."""
+    label = config.target.label.upper() if config.target.kind != "custom" else config.target.label
+    return f"{label} (synthetic phantoms, smoke scale)" if config.synthetic else label
+
+
+def _csv(value) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _bool(value) -> str:
+    return "true" if value else "false"

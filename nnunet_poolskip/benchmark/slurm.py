@@ -1,0 +1,129 @@
+"""``benchmark --emit slurm DIR``: the same benchmark as SLURM jobs, for users with a cluster.
+
+Writes into DIR:
+    env.sh          the environment every job sources (nnU-Net folders, nnUNet_extTrainer, this Python's bin
+                    on PATH, the profile's variables); the job scripts source it by absolute path
+    prepare.sbatch  convert + plan_and_preprocess (+ derive-plans): ``nnunet-poolskip benchmark ... --stage prepare``
+    train.sbatch    an array job, one task per model x fold, each running ``nnUNetv2_train`` with the model's
+                    trainer; a task whose fold is already done exits at once, an interrupted one continues
+                    (``--c``), the same rules as the local runner (training.py)
+    finish.sbatch   predict + evaluate + compare: ``nnunet-poolskip benchmark ... --stage finish``
+    submit.sh       submits the three, chained with ``--dependency=afterok``
+Nothing is submitted by the benchmark itself.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+from nnunet_poolskip.benchmark.protocol import CONFIGURATION
+from nnunet_poolskip.benchmark.training import NNUNET_SCHEDULE, train_command
+from nnunet_poolskip.benchmark.workspace import step_environment
+from nnunet_poolskip.training.schedule import SCHEDULE_VARIABLES
+
+SCRIPT_NAMES = ("env.sh", "prepare.sbatch", "train.sbatch", "finish.sbatch", "submit.sh")
+
+
+def _exports(variables: Dict[str, str]) -> List[str]:
+    return [f"export {k}={shlex.quote(v)}" for k, v in variables.items()]
+
+
+def _header(job_name: str, logs: Path, options: Sequence[str], extra: Sequence[str] = ()) -> List[str]:
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={job_name}", f"#SBATCH --output={logs}/{job_name}_%A_%a.out"]
+    lines += [f"#SBATCH {o}" for o in extra]
+    lines += [f"#SBATCH {o}" for o in options]  # the user's options last: sbatch lets later ones win
+    return lines
+
+
+def emit_slurm(config, folder: os.PathLike, benchmark_argv: Sequence[str],
+               sbatch_options: Sequence[str] = (), environ: Dict[str, str] = None) -> List[Path]:
+    """Write the SLURM scripts of a benchmark into ``folder``; returns their paths.
+
+    Args:
+        config: the runner.BenchmarkConfig of the benchmark (data set, settings, models, workspace).
+        folder: where the scripts go (created).
+        benchmark_argv: the ``nnunet-poolskip benchmark`` arguments that reproduce this benchmark (without
+            ``--stage`` and ``--emit``), used by the prepare and finish jobs.
+        sbatch_options: extra ``#SBATCH`` options for every job (``--partition=gpu``, ``--time=48:00:00``...).
+        environ: the environment to derive the jobs' environment from (default os.environ).
+    """
+    folder = Path(folder).absolute()
+    logs = folder / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    environ = dict(os.environ if environ is None else environ)
+    settings = config.settings
+    _, common = step_environment(environ, config.workspace, settings, "other")
+    _, train = step_environment(environ, config.workspace, settings, "train")
+    train_only = {k: v for k, v in train.items() if common.get(k) != v}
+    bin_dir = Path(sys.executable).parent
+    gpu_lines = [f"--gres=gpu:{settings.num_gpus}"] if settings.device == "cuda" else []
+    cli = shlex.join(["nnunet-poolskip", "benchmark", *benchmark_argv])
+
+    env_sh = ["# sourced by every job of this benchmark (written by nnunet-poolskip benchmark --emit slurm)",
+              f"export PATH={shlex.quote(str(bin_dir))}:\"$PATH\"",
+              f"export NNUNET_POOLSKIP_PYTHON={shlex.quote(sys.executable)}",
+              # a leftover short-schedule variable must never shorten a run
+              "unset " + " ".join(SCHEDULE_VARIABLES), *_exports(common)]
+
+    prepare = _header("poolskip-prepare", logs, sbatch_options) + [
+        "set -euo pipefail", f"source {shlex.quote(str(folder / 'env.sh'))}", f"{cli} --stage prepare"]
+
+    runs, seen = [], set()
+    for model in config.models:  # a trainer shared by two models is trained once, as the local runner does
+        trainer = model.trainer_for(config.target.kind)
+        for fold in settings.folds:
+            if (trainer, fold) not in seen:
+                seen.add((trainer, fold))
+                runs.append((model.name, trainer, fold))
+    cases = []
+    for index, (model, trainer, fold) in enumerate(runs):
+        cases.append(f"  {index}) MODEL={model}; TRAINER={trainer}; FOLD={fold} ;;")
+    placeholders = {"$FOLD", "$TRAINER"}
+    train_line = " ".join(f'"{t}"' if t in placeholders else shlex.quote(t) for t in train_command(
+        "nnUNetv2_train", config.target.dataset_id, "$FOLD", "$TRAINER", config.plans, settings.device,
+        settings.num_gpus))
+    results = shlex.quote(str(config.workspace.results))
+    model_dir = f'{results}/Dataset{config.target.dataset_id:03d}_*/"$TRAINER"__{config.plans}__{CONFIGURATION}'
+    train = _header("poolskip-train", logs, sbatch_options, gpu_lines + [f"--array=0-{len(runs) - 1}"]) + [
+        "set -euo pipefail", f"source {shlex.quote(str(folder / 'env.sh'))}", *_exports(train_only),
+        'case "$SLURM_ARRAY_TASK_ID" in', *cases,
+        '  *) echo "no benchmark run for array task $SLURM_ARRAY_TASK_ID" >&2; exit 1 ;;', "esac",
+        "# the fold's state, decided by the same code as the local runner (nnunet_poolskip/benchmark/training.py)",
+        "shopt -s nullglob",
+        f"MODEL_DIRS=({model_dir})",
+        'FOLD_DIR="${MODEL_DIRS[0]:-/nonexistent}/fold_$FOLD"',
+        'STATE=$("$NNUNET_POOLSKIP_PYTHON" -m nnunet_poolskip.benchmark.training "$FOLD_DIR" --expect-schedule '
+        + " ".join(str(getattr(settings, f) or d) for f, d in zip(("epochs", "iterations", "val_iterations"),
+                                                                   NNUNET_SCHEDULE.values())) + ")",
+        'case "$STATE" in',
+        '  done) echo "$MODEL fold $FOLD: done"; exit 0 ;;',
+        "  validate) FLAGS=(--val) ;;  # trained; the final validation did not finish",
+        "  resume) FLAGS=(--c) ;;  # interrupted: continue from nnU-Net's checkpoint",
+        "  *) FLAGS=() ;;",
+        "esac",
+        'echo "$MODEL fold $FOLD ($TRAINER): $STATE"',
+        train_line + ' ${FLAGS[@]+"${FLAGS[@]}"}']
+
+    finish_gpu = ["--gres=gpu:1"] if settings.device == "cuda" else []  # inference uses one GPU
+    finish = _header("poolskip-finish", logs, sbatch_options, finish_gpu) + [
+        "set -euo pipefail", f"source {shlex.quote(str(folder / 'env.sh'))}", f"{cli} --stage finish"]
+
+    submit = ["#!/bin/bash", "# submit the benchmark: prepare -> train (array) -> finish, each after the previous succeeded",
+              "set -euo pipefail", f"cd {shlex.quote(str(folder))}",
+              "prepare=$(sbatch --parsable prepare.sbatch)",
+              'train=$(sbatch --parsable --dependency=afterok:"$prepare" train.sbatch)',
+              'finish=$(sbatch --parsable --dependency=afterok:"$train" finish.sbatch)',
+              'echo "submitted: prepare $prepare, train $train (array of ' + str(len(runs)) + ' tasks), finish $finish"']
+
+    written = []
+    for name, lines in zip(SCRIPT_NAMES, (env_sh, prepare, train, finish, submit)):
+        path = folder / name
+        tmp = path.with_name(f".{name}.tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.chmod(0o755 if name != "env.sh" else 0o644)
+        os.replace(tmp, path)
+        written.append(path)
+    return written

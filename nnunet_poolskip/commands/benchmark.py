@@ -1,0 +1,187 @@
+"""``nnunet-poolskip benchmark``: the paper's Table 3 protocol from the raw data to the comparison table."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+NAME = "benchmark"
+HELP = ("run the paper's Table 3 protocol (convert, plan+preprocess, train every model x fold with nnU-Net, "
+        "softmax fold ensemble on the test set, evaluate, compare); resumable; --profile demo is a CPU smoke run "
+        "on synthetic phantoms; --emit slurm DIR writes cluster job scripts instead of running")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default="btcv",
+                      help="btcv, amos (converted from --raw) or an nnU-Net data set already in nnUNet_raw "
+                           "(DatasetXXX_Name or its id); default btcv")
+    data.add_argument("--raw", metavar="SRC",
+                      help="the BTCV or AMOS download folder (the demo profile makes phantoms when it is absent)")
+    data.add_argument("--dataset-id", type=int, help="nnU-Net id for the converted data set (default: BTCV 17, "
+                                                     "AMOS 218)")
+    data.add_argument("--split-file", help="the converter's --split-file (default: the shipped paper split)")
+    data.add_argument("--modality", choices=("ct", "mri", "all"), help="AMOS: convert-amos --modality")
+
+    protocol = parser.add_argument_group("protocol (the profile's values unless given)")
+    protocol.add_argument("--profile", required=True, choices=("paper", "demo"),
+                          help="paper: nnU-Net defaults (1000 epochs, default plans, 5 folds, GPU); demo: smoke-scale "
+                               "CPU run on synthetic phantoms (minutes)")
+    protocol.add_argument("--models", nargs="+", metavar="MODEL",
+                          help="model names, comma- or space-separated (default nnunet,nnunet_poolskip,vnet,"
+                               "vnet_poolskip); also nnunet_stock, nnunet_poolskip_s4, ablation_pool_skip, "
+                               "ablation_conv_skip, ablation_pool_conv, vnet_poolskip_all, or a trainer class name")
+    protocol.add_argument("--folds", nargs="+", type=int, metavar="F", help="folds (paper: 0 1 2 3 4; demo: 0 1)")
+    protocol.add_argument("--device", choices=("cuda", "cpu"), help="paper: cuda; demo: cpu")
+    protocol.add_argument("--num-gpus", type=int,
+                          help="GPUs per training run, passed to nnUNetv2_train -num_gpus (nnU-Net's DDP)")
+    protocol.add_argument("--epochs", type=int, help="training epochs (short schedule; paper: nnU-Net's 1000)")
+    protocol.add_argument("--iterations", type=int, help="training iterations per epoch (nnU-Net: 250)")
+    protocol.add_argument("--val-iterations", type=int, help="validation iterations per epoch (nnU-Net: 50)")
+    protocol.add_argument("--plans-preset", help="derive plans with this preset of plans/ (demo: cpu_small; "
+                                                 "'none' for nnU-Net's plans)")
+    protocol.add_argument("--cases", type=int, help="number of synthetic phantoms (demo: 30)")
+    protocol.add_argument("--seed", type=int, help="seed of the synthetic phantoms (default 0)")
+    protocol.add_argument("--phantom-size", type=int, nargs=3, metavar=("Z", "Y", "X"),
+                          help="nominal voxel grid of the synthetic phantoms (default: synth's, 40 64 64)")
+    protocol.add_argument("--preprocess-processes", type=int, help="nnUNetv2_plan_and_preprocess -np")
+    tta = protocol.add_mutually_exclusive_group()
+    tta.add_argument("--tta", dest="tta", action="store_true", default=None,
+                     help="mirrored test-time inference (paper profile's default)")
+    tta.add_argument("--no-tta", dest="tta", action="store_false", help="no test-time mirroring (demo's default)")
+    protocol.add_argument("--nsd-tolerances", help="evaluate --nsd-tolerances (default: 1 mm for every organ)")
+
+    run = parser.add_argument_group("running")
+    run.add_argument("--output", help="results folder (default results/<dataset>, or results/<dataset>_demo)")
+    run.add_argument("--work", help="folder for nnUNet_raw, nnUNet_preprocessed, nnUNet_results (default: the "
+                                    "nnUNet_* variables when all three are set and the profile is paper, else "
+                                    "<output>/nnunet)")
+    run.add_argument("--stage", choices=("all", "prepare", "train", "finish"), default="all",
+                     help="run one stage only (what the SLURM jobs do); default all")
+    run.add_argument("--keep-going", action="store_true",
+                     help="after a failed training go on; the table then leaves the unfinished models out and "
+                          "says INCOMPLETE")
+    run.add_argument("--evaluate-processes", type=int, default=min(4, os.cpu_count() or 1),
+                     help="evaluate -np: test cases evaluated in parallel (default min(4, CPUs))")
+    run.add_argument("--dry-run", action="store_true", help="print what would run, and the folds' states; run nothing")
+    run.add_argument("--verbose", action="store_true", help="show the commands' output instead of logs/")
+    run.add_argument("--emit", nargs=2, metavar=("slurm", "DIR"),
+                     help="write SLURM scripts (an sbatch array of model x fold trainings, then prediction, "
+                          "evaluation and the table as a dependent job) into DIR instead of running")
+    run.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
+                     help="extra #SBATCH option for the emitted jobs, e.g. --sbatch=--partition=gpu "
+                          "--sbatch=--time=48:00:00 (repeatable)")
+
+
+def build_config(args: argparse.Namespace):
+    """The runner.BenchmarkConfig for parsed arguments (raises ValueError on bad combinations)."""
+    import os
+    from pathlib import Path
+
+    from nnunet_poolskip.benchmark.profiles import resolve_settings
+    from nnunet_poolskip.benchmark.protocol import parse_models
+    from nnunet_poolskip.benchmark.runner import BenchmarkConfig
+    from nnunet_poolskip.benchmark.workspace import Workspace, parse_dataset
+
+    target = parse_dataset(args.dataset, args.dataset_id)
+    models = parse_models(args.models) if args.models else None
+    plans_preset = args.plans_preset
+    overrides = dict(device=args.device, epochs=args.epochs, iterations=args.iterations,
+                     val_iterations=args.val_iterations, folds=args.folds, synthetic_cases=args.cases,
+                     synth_seed=args.seed, synth_size=args.phantom_size, preprocess_processes=args.preprocess_processes,
+                     test_time_mirroring=args.tta, num_gpus=args.num_gpus,
+                     models=[m.name for m in models] if models else None)
+    settings = resolve_settings(args.profile, **overrides)
+    if plans_preset is not None:
+        wanted = None if plans_preset.lower() == "none" else plans_preset
+        if wanted != settings.plans_preset:
+            settings.plans_preset = wanted
+            settings.overridden.append("plans_preset")
+    if models is None:
+        models = parse_models(list(settings.models))
+    if args.modality and target.kind != "amos":
+        raise ValueError("--modality applies to --dataset amos only")
+    output = Path(args.output or (Path("results") / (target.label + ("_demo" if args.profile == "demo" else ""))))
+    output = output.absolute()
+    if args.work:
+        workspace = Workspace.under(args.work)
+    else:
+        from_env = Workspace.from_environment(os.environ) if args.profile == "paper" else None
+        workspace = from_env or Workspace.under(output / "nnunet")
+    raw = Path(args.raw).absolute() if args.raw else None
+    return BenchmarkConfig(target=target, settings=settings, models=models, output=output, workspace=workspace,
+                           raw_source=raw, split_file=Path(args.split_file).absolute() if args.split_file else None,
+                           modality=args.modality, stage=args.stage, keep_going=args.keep_going,
+                           verbose=args.verbose, evaluate_processes=args.evaluate_processes,
+                           nsd_tolerances=args.nsd_tolerances, argv=list(sys.argv))
+
+
+def reproducing_arguments(config) -> list:
+    """``benchmark`` arguments that reproduce ``config`` (absolute paths; no --stage, --emit, --dry-run)."""
+    argv = ["--profile", config.settings.profile, "--dataset", config.target.label if config.target.kind == "custom"
+            else config.target.kind, "--output", str(config.output)]
+    root = config.workspace.common_root()
+    if root is not None:
+        argv += ["--work", str(root)]
+    elif config.settings.profile != "paper":  # only the paper profile takes the folders from nnUNet_* variables
+        raise ValueError("nnU-Net's folders must be <work>/nnUNet_raw, <work>/nnUNet_preprocessed and "
+                         "<work>/nnUNet_results for this profile's job scripts: pass --work")
+    if config.target.kind != "custom":
+        argv += ["--dataset-id", str(config.target.dataset_id)]
+    if config.raw_source:
+        argv += ["--raw", str(config.raw_source)]
+    if config.split_file:
+        argv += ["--split-file", str(config.split_file)]
+    if config.modality:
+        argv += ["--modality", config.modality]
+    argv += config.settings.override_arguments()
+    if "models" not in config.settings.overridden:
+        argv += ["--models", ",".join(m.name for m in config.models)]
+    if config.nsd_tolerances:
+        argv += ["--nsd-tolerances", config.nsd_tolerances]
+    if config.keep_going:
+        argv.append("--keep-going")
+    return argv
+
+
+def run(args: argparse.Namespace) -> int:
+    from nnunet_poolskip.benchmark.protocol import check_trainers_available
+    from nnunet_poolskip.benchmark.runner import BenchmarkError, BenchmarkRunner
+    from nnunet_poolskip.training import TRAINERS
+
+    prefix = "nnunet-poolskip benchmark: error:"
+    try:
+        config = build_config(args)
+        trainers = sorted(set(config.trainers().values()))
+        check_trainers_available(trainers)
+        if config.settings.short_schedule:
+            ignoring = [t for t in trainers if t not in TRAINERS]
+            if ignoring:
+                raise ValueError(f"trainer(s) {ignoring} ignore the short schedule (--epochs/--iterations or the "
+                                 f"demo profile): only nnunet-poolskip's trainers read it; use nnunet instead of "
+                                 f"nnunet_stock")
+        if args.emit:
+            kind, folder = args.emit
+            if kind != "slurm":
+                raise ValueError(f"--emit supports slurm only, got {kind!r}")
+            return _emit_slurm(config, folder, args.sbatch)
+        if args.sbatch:
+            raise ValueError("--sbatch applies to --emit slurm only")
+        runner = BenchmarkRunner(config)
+        if args.dry_run:
+            runner.dry_run()
+            return 0
+        return runner.run()
+    except (ValueError, BenchmarkError) as error:
+        print(f"{prefix} {error}", file=sys.stderr)
+        return 2
+
+
+def _emit_slurm(config, folder: str, sbatch_options) -> int:
+    from nnunet_poolskip.benchmark.slurm import emit_slurm
+
+    paths = emit_slurm(config, folder, reproducing_arguments(config), sbatch_options)
+    runs = len({(m.trainer_for(config.target.kind), f) for m in config.models for f in config.settings.folds})
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    print(f"{runs} training runs as one array job; submit everything with: bash {paths[-1]}")
+    return 0

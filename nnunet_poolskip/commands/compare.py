@@ -1,0 +1,31 @@
+"""``nnunet-poolskip compare``: the paper's Table 3 (Markdown + CSV), per-organ tables and a Dice plot."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+NAME = "compare"
+HELP = ("compare summary.json files of nnunet-poolskip evaluate: Table 3 layout (DICE, NSD, mIoU in percent, deltas "
+        "against the first), per-organ tables, per-organ Dice plot")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("summaries", nargs="+", metavar="SUMMARY_JSON",
+                        help="summary.json files; the first is the baseline of the deltas")
+    parser.add_argument("--names", nargs="+", help="model names, one per summary (default: their folder names)")
+    parser.add_argument("-o", "--output", required=True,
+                        help="output folder: table3.md, table3.csv, per_organ.md, per_organ.csv, per_organ_dice.png")
+    parser.add_argument("--title", help="data set name shown above the table, e.g. BTCV")
+
+
+def run(args: argparse.Namespace) -> int:
+    from nnunet_poolskip.tables import CompareInputError, compare_summaries
+
+    try:
+        outputs = compare_summaries(args.summaries, args.names, args.output, args.title)
+    except CompareInputError as error:
+        print(f"nnunet-poolskip compare: error: {error}", file=sys.stderr)
+        return 2
+    print(outputs["table"].read_text())
+    print("wrote " + ", ".join(str(p) for p in outputs.values()))
+    return 0
