@@ -17,6 +17,8 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Pattern, S
 
 import numpy as np
 
+from nnunet_poolskip.atomic import replace_directory
+
 from nnunet_poolskip.geometry import Geometry, ImageHeaderError, geometry_mismatch, read_geometry
 from nnunet_poolskip.layouts import split_nifti_name
 
@@ -251,7 +253,7 @@ def write_raw_dataset(dataset: RawDataset, progress: bool = True) -> Path:
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
     from tqdm import tqdm
 
-    from nnunet_poolskip.plans_transform import write_json_atomic
+    from nnunet_poolskip.atomic import write_json_atomic
 
     dataset.raw_root.mkdir(parents=True, exist_ok=True)
     target = dataset.target
@@ -275,13 +277,7 @@ def write_raw_dataset(dataset: RawDataset, progress: bool = True) -> Path:
                   "test": sorted(c.case_id for c in dataset.test),
                   "train": sorted(c.case_id for c in dataset.train)}
         write_json_atomic(record, temporary / RECORD_NAME)
-        if target.exists():
-            old = dataset.raw_root / f".{dataset.folder_name}.old-{os.getpid()}"
-            os.replace(target, old)
-            os.replace(temporary, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(temporary, target)
+        replace_directory(temporary, target)
     finally:
         if temporary.exists():
             shutil.rmtree(temporary, ignore_errors=True)
@@ -295,7 +291,7 @@ def install_splits_preprocessed(folder_name: str, folds: List[Dict[str, List[str
     and asserts that an existing one agrees, so writing both places covers conversion before and after
     planning. Returns a note for the user (None if nnUNet_preprocessed is unset).
     """
-    from nnunet_poolskip.plans_transform import write_json_atomic
+    from nnunet_poolskip.atomic import write_json_atomic
 
     root = os.environ.get("nnUNet_preprocessed")
     if not root:

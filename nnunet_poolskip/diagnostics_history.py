@@ -28,6 +28,8 @@ from typing import Dict, List, Mapping, Optional, Union
 
 from torch import nn
 
+from nnunet_poolskip.atomic import write_text_atomic
+
 from nnunet_poolskip.diagnostics import NEAR_ZERO_FACTOR, layer_diagnostics
 
 DIAG_EVERY_VARIABLE = "NNUNET_POOLSKIP_DIAG_EVERY"
@@ -120,6 +122,4 @@ def truncate_history(path: Union[str, os.PathLike], max_epoch: Optional[int]) ->
     if not path.is_file():
         return
     kept = [record for record in read_history(path) if record["epoch"] <= max_epoch]
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in kept), path)

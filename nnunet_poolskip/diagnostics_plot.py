@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Dict, List, Sequence, Union
 
+from nnunet_poolskip.atomic import atomic_path
+
 PANELS = (("l2_l1", "l2 / l1"), ("hoyer", "Hoyer sparsity"), ("near_zero_fraction", "near-zero weights"),
           ("dead_fraction", "dead units"))
 
@@ -23,9 +25,8 @@ def _save(fig, path: Union[str, os.PathLike]) -> None:
 
     path = Path(path)
     FigureCanvasAgg(fig)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
 
 
 def _values(layers: Sequence[Dict], key: str) -> List[float]:

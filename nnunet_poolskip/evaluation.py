@@ -21,6 +21,8 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from nnunet_poolskip.atomic import atomic_path
+
 from nnunet_poolskip.geometry import SITK_ENDINGS, ImageHeaderError, geometry_mismatch, read_geometry
 from nnunet_poolskip.metrics import METRICS, case_metrics
 
@@ -268,13 +270,10 @@ def evaluate_folders(reference_folder: os.PathLike | str, prediction_folder: os.
 def write_case_csv(summary: Mapping, path: os.PathLike | str) -> None:
     """Per-case metrics of a summary as CSV rows ``case,label,name,dice,nsd,iou`` (empty cell = both empty),
     written to a temporary name and renamed."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["case", "label", "name", *summary["metrics"]])
         for case in summary["per_case"]:
             for label, name in summary["labels"].items():
                 writer.writerow([case["case"], label, name,
                                  *["" if case[m][label] is None else repr(case[m][label]) for m in summary["metrics"]]])
-    os.replace(tmp, path)

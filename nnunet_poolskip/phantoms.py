@@ -31,6 +31,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from nnunet_poolskip.atomic import replace_directory
+
 from nnunet_poolskip.labels import AMOS_DOWNLOAD_LABEL_NAMES, label_table
 from nnunet_poolskip.layouts import (AMOS_MRI_MIN_NUMBER, BTCV_RAW_ROOT, BTCV_TESTING_FIRST_NUMBER,
                                      BTCV_TESTING_IMAGES, BTCV_TRAINING_IMAGES, BTCV_TRAINING_LABELS,
@@ -558,13 +560,7 @@ def write_phantoms(kind: str, out_dir: os.PathLike, cases: Optional[int] = None,
             _write_case(case, temporary / image_path, temporary / label_path if label_path else None)
         if dataset_json is not None:
             (temporary / "dataset.json").write_text(json.dumps(dataset_json, indent=4))
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-            os.replace(out_dir, old)
-            os.replace(temporary, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(temporary, out_dir)
+        replace_directory(temporary, out_dir)
     finally:
         if temporary.exists():
             shutil.rmtree(temporary, ignore_errors=True)

@@ -25,6 +25,8 @@ from typing import Dict, List, Union
 
 import numpy as np
 
+from nnunet_poolskip.atomic import write_json_atomic
+
 PRESET_KEYS = ("plans_suffix", "features_base", "features_max", "max_patch_size_3d", "max_patch_size_2d",
                "batch_size")
 
@@ -79,14 +81,6 @@ def derive_plans(plans: Dict, preset: Dict) -> Dict:
         if "vnet_features_base" in preset:
             configuration["vnet_features_base"] = preset["vnet_features_base"]
     return new
-
-
-def write_json_atomic(data, path: Union[str, os.PathLike]) -> None:
-    """Write JSON to a temporary name beside ``path``, then rename it, so no half-written file remains."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False))
-    os.replace(tmp, path)
 
 
 def derive_plans_file(preprocessed_dataset_folder: Union[str, os.PathLike], source_plans: str = "nnUNetPlans",

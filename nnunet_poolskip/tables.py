@@ -19,6 +19,8 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from nnunet_poolskip.atomic import atomic_path, write_text_atomic
+
 METRIC_COLUMNS = (("dice", "DICE (%)"), ("nsd", "NSD (%)"), ("iou", "mIoU (%)"))
 REQUIRED_KEYS = ("labels", "nsd_tolerance_mm", "per_case", "mean", "foreground_mean")
 INCOMPLETE_MARK = "†"
@@ -217,19 +219,9 @@ def plot_per_organ_dice(summaries: Sequence[Mapping], names: Sequence[str], path
     axes.legend(loc="lower left", fontsize="small")
     axes.set_title("Per-case Dice per organ")
     figure.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".tmp{os.getpid()}_{path.name}")
-    figure.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(figure)
-    os.replace(tmp, path)
-
-
-def write_text_atomic(text: str, path: os.PathLike | str) -> None:
-    """Write text to a temporary name beside ``path``, then rename it."""
-    path = Path(path)
-    tmp = path.with_name(f".tmp{os.getpid()}_{path.name}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 OUTPUT_FILES = {"table": "table3.md", "table_csv": "table3.csv", "per_organ": "per_organ.md",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import filecmp
 import hashlib
 import json
-import os
 import shutil
 from fractions import Fraction
 from pathlib import Path

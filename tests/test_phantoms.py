@@ -91,7 +91,7 @@ def test_btcv_cases_hold_every_organ_on_a_shared_anisotropic_grid(btcv_phantoms)
 
 
 def test_amos_layout_and_dataset_json(amos_phantoms):
-    expected = {f"imagesTs/amos_0004.nii.gz", "dataset.json"}
+    expected = {"imagesTs/amos_0004.nii.gz", "dataset.json"}
     for part, numbers in (("Tr", (1, 2, 501, 502)), ("Va", (3, 503))):
         for n in numbers:
             expected |= {f"images{part}/amos_{n:04d}.nii.gz", f"labels{part}/amos_{n:04d}.nii.gz"}

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import shutil
 from pathlib import Path
 from typing import Dict, List, Mapping, Sequence, Tuple
+
+from nnunet_poolskip.atomic import atomic_path, write_text_atomic
 
 from nnunet_poolskip.benchmark.protocol import PAPER_FOLDS, Model
 
@@ -156,7 +157,6 @@ def compose_tables(config, record: Mapping, outputs: Mapping[str, Tuple[List[Mod
     Returns:
         kind -> written path.
     """
-    from nnunet_poolskip.tables import write_text_atomic
 
     models = outputs["all"][0]
     rows = table_rows(models, outputs)
@@ -198,9 +198,8 @@ def compose_tables(config, record: Mapping, outputs: Mapping[str, Tuple[List[Mod
     for name in COPIED_FROM_ALL:
         source = outputs["all"][1] / name
         if source.is_file():
-            tmp = folder / f".{name}.tmp{os.getpid()}"
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, folder / name)
+            with atomic_path(folder / name) as tmp:
+                shutil.copyfile(source, tmp)
             written[name] = folder / name
     return written
 

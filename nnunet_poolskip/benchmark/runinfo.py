@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from nnunet_poolskip.plans_transform import write_json_atomic
+from nnunet_poolskip.atomic import write_json_atomic
 
 FORMAT_VERSION = 1
 DISTRIBUTIONS = ("nnunet-poolskip", "nnunetv2", "torch", "dynamic-network-architectures", "monai", "numpy",

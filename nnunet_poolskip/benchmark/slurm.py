@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Sequence
 
+from nnunet_poolskip.atomic import atomic_path
+
 from nnunet_poolskip.benchmark.protocol import CONFIGURATION
 from nnunet_poolskip.benchmark.training import NNUNET_SCHEDULE, train_command
 from nnunet_poolskip.benchmark.workspace import step_environment
@@ -121,9 +123,8 @@ def emit_slurm(config, folder: os.PathLike, benchmark_argv: Sequence[str],
     written = []
     for name, lines in zip(SCRIPT_NAMES, (env_sh, prepare, train, finish, submit)):
         path = folder / name
-        tmp = path.with_name(f".{name}.tmp")
-        tmp.write_text("\n".join(lines) + "\n")
-        tmp.chmod(0o755 if name != "env.sh" else 0o644)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tmp.write_text("\n".join(lines) + "\n")
+            tmp.chmod(0o755 if name != "env.sh" else 0o644)
         written.append(path)
     return written

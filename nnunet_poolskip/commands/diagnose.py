@@ -79,7 +79,7 @@ def _run(args: argparse.Namespace, specs, output) -> int:
     from nnunet_poolskip.diagnose_model import diagnose, load_model
     from nnunet_poolskip.diagnostics import NEAR_ZERO_FACTOR
     from nnunet_poolskip.diagnostics_plot import plot_history, plot_layer_curves
-    from nnunet_poolskip.plans_transform import write_json_atomic
+    from nnunet_poolskip.atomic import write_json_atomic
 
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     from nnunet_poolskip.evaluation import (EvaluationInputError, evaluate_folders, labels_from_dataset_json,
                                             write_case_csv)
-    from nnunet_poolskip.plans_transform import write_json_atomic
+    from nnunet_poolskip.atomic import write_json_atomic
     from nnunet_poolskip.tolerances import DEFAULT_TOLERANCE_MM, resolve_tolerances
 
     try:

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     from nnunet_poolskip.ensemble import (PredictionInputError, SoftmaxFoldEnsemble, case_outputs,
                                           check_case_images, check_model_folder, group_case_files, parse_folds)
-    from nnunet_poolskip.plans_transform import write_json_atomic
+    from nnunet_poolskip.atomic import write_json_atomic
 
     prefix = "nnunet-poolskip predict: error:"
     try:
