@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Tuple
 from nnunet_poolskip.benchmark.protocol import PAPER_FOLDS, PAPER_MODELS
 
 
-@dataclass(frozen=True)
+@dataclass
 class Profile:
     """Defaults of one kind of run.
 
@@ -83,27 +83,16 @@ the command lines written into SLURM scripts)."""
 
 
 @dataclass
-class Settings:
+class Settings(Profile):
     """A profile with the command line's overrides applied; ``overridden`` lists the changed fields."""
 
-    profile: str
-    description: str
-    device: str
-    plans_preset: Optional[str]
-    epochs: Optional[int]
-    iterations: Optional[int]
-    val_iterations: Optional[int]
-    folds: Tuple[int, ...]
-    models: Tuple[str, ...]
-    synthetic_cases: Optional[int]
-    synth_seed: int
-    synth_size: Optional[Tuple[int, int, int]]
-    preprocess_processes: Optional[int]
-    cpu_training_env: bool
-    test_time_mirroring: bool
-    smoke: bool
     num_gpus: int = 1
     overridden: List[str] = field(default_factory=list)
+
+    @property
+    def profile(self) -> str:
+        """The name of the profile these settings started from."""
+        return self.name
 
     @property
     def short_schedule(self) -> bool:
@@ -151,13 +140,11 @@ def resolve_settings(profile_name: str, **overrides) -> Settings:
     """
     if profile_name not in PROFILES:
         raise ValueError(f"unknown profile {profile_name!r}; choose one of {sorted(PROFILES)}")
-    base = dataclasses.asdict(PROFILES[profile_name])
-    base["profile"] = base.pop("name")
-    settings = Settings(**base)
+    settings = Settings(**dataclasses.asdict(PROFILES[profile_name]))
     for key, value in overrides.items():
         if value is None:
             continue
-        if not hasattr(settings, key) or key in ("profile", "overridden"):
+        if not hasattr(settings, key) or key in ("name", "profile", "overridden"):
             raise ValueError(f"unknown benchmark setting {key!r}")
         if key in ("folds", "models", "synth_size"):
             value = tuple(value)
