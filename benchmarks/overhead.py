@@ -7,7 +7,7 @@ deep supervision), three networks with identical weights where they share parame
     straightforward  + Pool Skip (``full``, pool size 2) after every encoder conv, reference
                      implementation (max_pool3d with indices, max_unpool3d, conv)
     lean             the same Pool Skip network with the memory-lean implementation
-                     (nnunet_poolskip.lean: saves pooled values + int8 argmax offsets)
+                     (nnunet_poolskip.nn.lean_kernels: saves pooled values + int8 argmax offsets)
 
 Per network: parameters; FLOPs of one forward+backward (torch.utils.flop_counter.FlopCounterMode);
 bytes of the tensors autograd saves for backward, parameters excluded, each storage counted once
@@ -99,8 +99,8 @@ def build_networks(arch_class: str, arch_kwargs: dict, requires_import: Sequence
     Pool Skip injected, and have the same weights as each other), and the number of wrapped convs."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-    from nnunet_poolskip.inject import inject_pool_skip
-    from nnunet_poolskip.modules import set_implementation
+    from nnunet_poolskip.nn.inject import inject_pool_skip
+    from nnunet_poolskip.nn.pool_skip import set_implementation
 
     torch.manual_seed(seed)
     baseline = get_network_from_plans(arch_class, arch_kwargs, list(requires_import), input_channels, num_classes,
@@ -448,7 +448,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"\nload average at the end (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     results["load_average_end"] = list(os.getloadavg())
     if args.json:
-        from nnunet_poolskip.plans_transform import write_json_atomic
+        from nnunet_poolskip.utilities.atomic import write_json_atomic
 
         write_json_atomic(results, args.json)
     return 0

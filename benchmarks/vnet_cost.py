@@ -47,7 +47,7 @@ def build_on_meta(trainer_cls: type, patch: Sequence[int], in_channels: int, cla
     """The trainer's network, with meta tensors (no memory, no compute), Pool Skip in reference mode."""
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
-    from nnunet_poolskip.modules import set_implementation
+    from nnunet_poolskip.nn.pool_skip import set_implementation
     from nnunet_poolskip.training.vnet import FEATURES_BASE_KEY
 
     configuration = ConfigurationManager({"patch_size": list(patch), "architecture": {},
@@ -73,7 +73,7 @@ def count_flops(network: nn.Module, batch: int, in_channels: int, patch: Sequenc
 
 
 def measure(patch: Sequence[int], batch: int, in_channels: int, classes: int, features_base: int) -> List[dict]:
-    from nnunet_poolskip.modules import is_pool_skip
+    from nnunet_poolskip.nn.pool_skip import is_pool_skip
 
     rows = []
     for name, cls in trainer_classes().items():

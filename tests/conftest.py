@@ -71,7 +71,7 @@ class NnunetWorkspace:
 
 
 def nnunet_env(root: Path) -> Dict[str, str]:
-    from nnunet_poolskip.discovery import ext_trainer_value
+    from nnunet_poolskip.training.discovery import ext_trainer_value
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet_", "NNUNET_POOLSKIP_"))}
     env.update({

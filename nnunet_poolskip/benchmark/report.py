@@ -14,9 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Dict, List, Mapping, Sequence, Tuple
 
-from nnunet_poolskip.atomic import atomic_path, write_text_atomic
-
 from nnunet_poolskip.benchmark.protocol import PAPER_FOLDS, Model
+from nnunet_poolskip.utilities.atomic import atomic_path, write_text_atomic
 
 PAPER_EPOCHS, PAPER_ITERATIONS = 1000, 250
 METRICS = (("dice", "DICE (%)"), ("nsd", "NSD (%)"), ("miou", "mIoU (%)"))
@@ -149,7 +148,7 @@ def compose_tables(config, record: Mapping, outputs: Mapping[str, Tuple[List[Mod
     """Write table.md and table.csv into ``folder`` and copy the per-organ files of the all-models compare.
 
     Args:
-        config: the runner.BenchmarkConfig.
+        config: the BenchmarkConfig.
         record: run.json's data (dataset facts).
         outputs: compare group name -> (models, compare output folder), from ``comparison_groups``.
         incomplete: model name -> what is missing, for models left out.

@@ -3,7 +3,7 @@
 It records versions, machine, settings, trainer names, plans, seeds, and per step the command, the
 environment it added, its status and wall times (every attempt, so a resumed run keeps the times of
 earlier invocations). A rerun loads it and appends; the trained folds themselves are recognised from
-nnU-Net's checkpoint files, not from this record (see runner.fold_state).
+nnU-Net's checkpoint files, not from this record (see training_runs.fold_state).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from nnunet_poolskip.atomic import write_json_atomic
+from nnunet_poolskip.utilities.atomic import write_json_atomic
 
 FORMAT_VERSION = 1
 DISTRIBUTIONS = ("nnunet-poolskip", "nnunetv2", "torch", "dynamic-network-architectures", "monai", "numpy",

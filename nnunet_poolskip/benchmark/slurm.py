@@ -6,7 +6,7 @@ Writes into DIR:
     prepare.sbatch  convert + plan_and_preprocess (+ derive-plans): ``nnunet-poolskip benchmark ... --stage prepare``
     train.sbatch    an array job, one task per model x fold, each running ``nnUNetv2_train`` with the model's
                     trainer; a task whose fold is already done exits at once, an interrupted one continues
-                    (``--c``), the same rules as the local runner (training.py)
+                    (``--c``), the same rules as the local runner (training_runs.py)
     finish.sbatch   predict + evaluate + compare: ``nnunet-poolskip benchmark ... --stage finish``
     submit.sh       submits the three, chained with ``--dependency=afterok``
 Nothing is submitted by the benchmark itself.
@@ -19,12 +19,11 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from nnunet_poolskip.atomic import atomic_path
-
 from nnunet_poolskip.benchmark.protocol import CONFIGURATION
-from nnunet_poolskip.benchmark.training import NNUNET_SCHEDULE, train_command
+from nnunet_poolskip.benchmark.training_runs import NNUNET_SCHEDULE, train_command
 from nnunet_poolskip.benchmark.workspace import step_environment
 from nnunet_poolskip.training.schedule import SCHEDULE_VARIABLES
+from nnunet_poolskip.utilities.atomic import atomic_path
 
 SCRIPT_NAMES = ("env.sh", "prepare.sbatch", "train.sbatch", "finish.sbatch", "submit.sh")
 
@@ -45,7 +44,7 @@ def emit_slurm(config, folder: os.PathLike, benchmark_argv: Sequence[str],
     """Write the SLURM scripts of a benchmark into ``folder``; returns their paths.
 
     Args:
-        config: the runner.BenchmarkConfig of the benchmark (data set, settings, models, workspace).
+        config: the BenchmarkConfig of the benchmark (data set, settings, models, workspace).
         folder: where the scripts go (created).
         benchmark_argv: the ``nnunet-poolskip benchmark`` arguments that reproduce this benchmark (without
             ``--stage`` and ``--emit``), used by the prepare and finish jobs.
@@ -93,11 +92,11 @@ def emit_slurm(config, folder: os.PathLike, benchmark_argv: Sequence[str],
         "set -euo pipefail", f"source {shlex.quote(str(folder / 'env.sh'))}", *_exports(train_only),
         'case "$SLURM_ARRAY_TASK_ID" in', *cases,
         '  *) echo "no benchmark run for array task $SLURM_ARRAY_TASK_ID" >&2; exit 1 ;;', "esac",
-        "# the fold's state, decided by the same code as the local runner (nnunet_poolskip/benchmark/training.py)",
+        "# the fold's state, decided by the same code as the local runner (nnunet_poolskip/benchmark/training_runs.py)",
         "shopt -s nullglob",
         f"MODEL_DIRS=({model_dir})",
         'FOLD_DIR="${MODEL_DIRS[0]:-/nonexistent}/fold_$FOLD"',
-        'STATE=$("$NNUNET_POOLSKIP_PYTHON" -m nnunet_poolskip.benchmark.training "$FOLD_DIR" --expect-schedule '
+        'STATE=$("$NNUNET_POOLSKIP_PYTHON" -m nnunet_poolskip.benchmark.training_runs "$FOLD_DIR" --expect-schedule '
         + " ".join(str(getattr(settings, f) or d) for f, d in zip(("epochs", "iterations", "val_iterations"),
                                                                    NNUNET_SCHEDULE.values())) + ")",
         'case "$STATE" in',

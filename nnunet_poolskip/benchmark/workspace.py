@@ -138,7 +138,7 @@ def step_environment(base: Mapping[str, str], workspace: Workspace, settings: Se
     Any NNUNET_POOLSKIP_* schedule variable in ``base`` is removed: a leftover variable must never shorten
     a paper run. nnUNet_n_proc_DA=0 is removed for planning, which crashes with it.
     """
-    from nnunet_poolskip.discovery import ENV_VARIABLE, ext_trainer_value
+    from nnunet_poolskip.training.discovery import ENV_VARIABLE, ext_trainer_value
 
     env = {k: v for k, v in base.items() if k not in SCHEDULE_VARIABLES}
     added = workspace.variables()

@@ -74,13 +74,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_config(args: argparse.Namespace):
-    """The runner.BenchmarkConfig for parsed arguments (raises ValueError on bad combinations)."""
+    """The BenchmarkConfig for parsed arguments (raises ValueError on bad combinations)."""
     import os
     from pathlib import Path
 
+    from nnunet_poolskip.benchmark.config import BenchmarkConfig
     from nnunet_poolskip.benchmark.profiles import resolve_settings
     from nnunet_poolskip.benchmark.protocol import parse_models
-    from nnunet_poolskip.benchmark.runner import BenchmarkConfig
     from nnunet_poolskip.benchmark.workspace import Workspace, parse_dataset
 
     target = parse_dataset(args.dataset, args.dataset_id)
@@ -145,8 +145,9 @@ def reproducing_arguments(config) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nnunet_poolskip.benchmark.config import BenchmarkError
     from nnunet_poolskip.benchmark.protocol import check_trainers_available
-    from nnunet_poolskip.benchmark.runner import BenchmarkError, BenchmarkRunner
+    from nnunet_poolskip.benchmark.runner import BenchmarkRunner
     from nnunet_poolskip.training import TRAINERS
 
     prefix = "nnunet-poolskip benchmark: error:"

@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnunet_poolskip.tables import CompareInputError, compare_summaries
+    from nnunet_poolskip.evaluation.comparison_tables import CompareInputError, compare_summaries
 
     try:
         outputs = compare_summaries(args.summaries, args.names, args.output, args.title)

@@ -21,8 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nnunet_poolskip.commands._convert_common import report
-    from nnunet_poolskip.conversion import ConversionError
-    from nnunet_poolskip.convert_amos import convert_amos
+    from nnunet_poolskip.dataset_conversion.amos import convert_amos
+    from nnunet_poolskip.dataset_conversion.checks import ConversionError
 
     try:
         result = convert_amos(args.source, args.dataset_id, args.modality, args.split_file, args.output_root,

@@ -16,8 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nnunet_poolskip.commands._convert_common import report
-    from nnunet_poolskip.conversion import ConversionError
-    from nnunet_poolskip.convert_btcv import convert_btcv
+    from nnunet_poolskip.dataset_conversion.btcv import convert_btcv
+    from nnunet_poolskip.dataset_conversion.checks import ConversionError
 
     try:
         result = convert_btcv(args.source, args.dataset_id, args.split_file, args.output_root, args.overwrite,

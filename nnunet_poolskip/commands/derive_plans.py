@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
-    from nnunet_poolskip.plans_transform import derive_plans_file
+    from nnunet_poolskip.training.derived_plans import derive_plans_file
 
     folder = join(nnUNet_preprocessed.require(), maybe_convert_to_dataset_name(args.dataset))
     name = derive_plans_file(folder, args.plans, args.preset)

@@ -54,7 +54,7 @@ def _labels_unique(reports) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from nnunet_poolskip.diagnose_model import DiagnoseInputError, resolve_model
+    from nnunet_poolskip.diagnostics.model_folder import DiagnoseInputError, resolve_model
 
     try:
         specs = [resolve_model(folder, args.fold, args.checkpoint) for folder in [args.model_folder, *args.compare]]
@@ -76,10 +76,11 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, specs, output) -> int:
     import torch
 
-    from nnunet_poolskip.diagnose_model import diagnose, load_model
-    from nnunet_poolskip.diagnostics import NEAR_ZERO_FACTOR
-    from nnunet_poolskip.diagnostics_plot import plot_history, plot_layer_curves
-    from nnunet_poolskip.atomic import write_json_atomic
+    from nnunet_poolskip.diagnostics.layer_statistics import NEAR_ZERO_FACTOR
+    from nnunet_poolskip.diagnostics.model_folder import diagnose, load_model
+    from nnunet_poolskip.diagnostics.plots import plot_history, plot_layer_curves
+    from nnunet_poolskip.training.discovery import find_trainer_class
+    from nnunet_poolskip.utilities.atomic import write_json_atomic
 
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -88,7 +89,7 @@ def _run(args: argparse.Namespace, specs, output) -> int:
     factor = NEAR_ZERO_FACTOR if args.near_zero_factor is None else args.near_zero_factor
     reports = []
     for spec in specs:
-        model = load_model(spec, device)
+        model = load_model(spec, device, find_trainer_class)
         reports.append(diagnose(model, args.data, args.num_cases, args.weights_only, factor, device))
         del model
     _labels_unique(reports)

@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnunet_poolskip.discovery import ext_trainer_value
+    from nnunet_poolskip.training.discovery import ext_trainer_value
 
     value = ext_trainer_value()
     if args.shell == "fish":

@@ -37,10 +37,10 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from nnunet_poolskip.evaluation import (EvaluationInputError, evaluate_folders, labels_from_dataset_json,
-                                            write_case_csv)
-    from nnunet_poolskip.atomic import write_json_atomic
-    from nnunet_poolskip.tolerances import DEFAULT_TOLERANCE_MM, resolve_tolerances
+    from nnunet_poolskip.evaluation.evaluate_predictions import (EvaluationInputError, evaluate_folders,
+                                                                 labels_from_dataset_json, write_case_csv)
+    from nnunet_poolskip.evaluation.nsd_tolerances import DEFAULT_TOLERANCE_MM, resolve_tolerances
+    from nnunet_poolskip.utilities.atomic import write_json_atomic
 
     try:
         file_ending = args.file_ending

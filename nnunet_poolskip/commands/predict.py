@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check_device(device: str) -> None:
     import torch
 
-    from nnunet_poolskip.ensemble import PredictionInputError
+    from nnunet_poolskip.inference.softmax_ensemble import PredictionInputError
 
     if device == "cuda" and not torch.cuda.is_available():
         raise PredictionInputError("--device cuda requested but torch sees no CUDA GPU; use --device cpu")
@@ -52,9 +52,10 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from nnunet_poolskip.ensemble import (PredictionInputError, SoftmaxFoldEnsemble, case_outputs,
-                                          check_case_images, check_model_folder, group_case_files, parse_folds)
-    from nnunet_poolskip.atomic import write_json_atomic
+    from nnunet_poolskip.inference.softmax_ensemble import (PredictionInputError, SoftmaxFoldEnsemble, case_outputs,
+                                                            check_case_images, check_model_folder, group_case_files,
+                                                            parse_folds)
+    from nnunet_poolskip.utilities.atomic import write_json_atomic
 
     prefix = "nnunet-poolskip predict: error:"
     try:
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         for case, files in cases.items():
             check_case_images(case, files, file_ending)
         _check_device(args.device)
-        from nnunet_poolskip.discovery import find_trainer_class
+        from nnunet_poolskip.training.discovery import find_trainer_class
 
         find_trainer_class(args.trainer)  # nnU-Net looks the class up by name: fail early with the env hint
     except (PredictionInputError, RuntimeError) as error:

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnunet_poolskip.phantoms import DEFAULT_SIZE, write_phantoms
+    from nnunet_poolskip.dataset_conversion.phantoms import DEFAULT_SIZE, write_phantoms
 
     try:
         ids = write_phantoms(args.kind, args.output, cases=args.cases, seed=args.seed,

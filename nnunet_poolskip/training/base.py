@@ -6,9 +6,8 @@ from os.path import join
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_poolskip.diagnostics_history import (DIAG_EVERY_VARIABLE, HISTORY_FILENAME, append_record,
-                                                 diagnostics_every, should_record, truncate_history,
-                                                 weight_record)
+from nnunet_poolskip.diagnostics.history import (DIAG_EVERY_VARIABLE, HISTORY_FILENAME, append_record,
+                                                 diagnostics_every, should_record, truncate_history, weight_record)
 from nnunet_poolskip.training.schedule import schedule_overrides
 
 
@@ -18,7 +17,7 @@ class nnUNetTrainerBaseline(nnUNetTrainer):
     With no ``NNUNET_POOLSKIP_*`` variable set it trains exactly as ``nnUNetTrainer``, except that it
     records the weight diagnostics (l2/l1, Hoyer sparsity, near-zero weights; no data) into
     ``<fold folder>/diagnostics_history.jsonl`` every 50 epochs (see
-    :mod:`nnunet_poolskip.diagnostics_history`; ``NNUNET_POOLSKIP_DIAG_EVERY=N`` changes N, 0 turns it
+    :mod:`nnunet_poolskip.diagnostics.history`; ``NNUNET_POOLSKIP_DIAG_EVERY=N`` changes N, 0 turns it
     off). It exists so that a baseline and its Pool Skip counterpart share every setting, including a
     short schedule (see :mod:`nnunet_poolskip.training.schedule`), and so that the baseline's
     diagnostics can be compared layer by layer with the Pool Skip model's.

@@ -11,7 +11,7 @@ from typing import Sequence, Union
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
-from nnunet_poolskip.inject import inject_pool_skip
+from nnunet_poolskip.nn.inject import inject_pool_skip
 from nnunet_poolskip.training.base import nnUNetTrainerBaseline
 
 

@@ -2,7 +2,7 @@
 
 Compared with nnU-Net's own trainer only the network and what it needs change:
 
-- the network is ``monai.networks.nets.VNet`` (:func:`nnunet_poolskip.vnet.build_vnet`), one output;
+- the network is ``monai.networks.nets.VNet`` (:func:`nnunet_poolskip.nn.vnet.build_vnet`), one output;
   deep supervision is off (``enable_deep_supervision = False``: plain Dice+CE loss, no downsampled
   targets) and ``set_deep_supervision_enabled`` does nothing;
 - the configuration's patch size is rounded down to a multiple of 16 per axis (never below 16), in
@@ -26,9 +26,9 @@ from nnunetv2.utilities.label_handling.label_handling import determine_num_input
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
+from nnunet_poolskip.nn.vnet import (MONAI_FEATURES_BASE, PAPER_POOL_SKIP_STAGES, PATCH_DIVISOR, build_vnet,
+                                     check_input_channels, inject_pool_skip_vnet, vnet_patch_size)
 from nnunet_poolskip.training.base import nnUNetTrainerBaseline
-from nnunet_poolskip.vnet import (MONAI_FEATURES_BASE, PAPER_POOL_SKIP_STAGES, PATCH_DIVISOR, build_vnet,
-                                  check_input_channels, inject_pool_skip_vnet, vnet_patch_size)
 
 FEATURES_BASE_KEY = "vnet_features_base"
 """Optional key of a plans configuration: V-Net stem width (default 16 = MONAI's V-Net)."""

@@ -1,0 +1,133 @@
+"""The benchmark's prepare stage: raw data -> nnU-Net raw data set -> plans and preprocessed data -> derived plans.
+
+Steps: ``synth`` (demo, without --raw) -> ``convert-btcv`` / ``convert-amos`` -> ``nnUNetv2_plan_and_preprocess``
+-> ``derive-plans`` (profiles with a plans preset); each is skipped when its output already exists.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from nnunet_poolskip.benchmark.config import BenchmarkConfig, BenchmarkError
+from nnunet_poolskip.benchmark.protocol import CONFIGURATION, DATASET_KINDS, DEFAULT_PLANS
+from nnunet_poolskip.benchmark.runinfo import plans_summary
+from nnunet_poolskip.benchmark.steps import Steps
+from nnunet_poolskip.benchmark.workspace import case_ids, executable
+
+
+def file_ending(raw_folder: Path) -> str:
+    """The data set's file ending, from its dataset.json."""
+    return json.loads((raw_folder / "dataset.json").read_text()).get("file_ending", ".nii.gz")
+
+
+class Preparation:
+    """Makes the data set, its plans and preprocessed data exist (see the module docstring)."""
+
+    def __init__(self, config: BenchmarkConfig, steps: Steps):
+        self.config = config
+        self.settings = config.settings
+        self.ws = config.workspace
+        self.steps = steps
+
+    def run(self) -> None:
+        self.ensure_raw_dataset()
+        self.ensure_preprocessed()
+        self.ensure_derived_plans()
+
+    def ensure_raw_dataset(self) -> None:
+        target, config = self.config.target, self.config
+        existing = target.raw_folder(self.ws)
+        if existing is not None and (existing / "dataset.json").is_file():
+            self.steps.skip("convert", f"convert to {existing.name}", "already converted")
+        else:  # the runner's preflight made sure there is a source
+            source = config.raw_source if config.raw_source is not None else self.ensure_synthetic_raw()
+            argv = [executable("nnunet-poolskip"), DATASET_KINDS[target.kind].converter, str(source),
+                    "--dataset-id", str(target.dataset_id)]
+            if config.split_file is not None:
+                argv += ["--split-file", str(config.split_file)]
+            if target.kind == "amos" and config.modality:
+                argv += ["--modality", config.modality]
+            self.steps.run("convert", f"convert {source} -> nnUNet_raw (dataset {target.dataset_id})", argv)
+        self.check_test_set()
+
+    def synthetic_raw_folder(self) -> Path:
+        return self.config.output / f"synthetic_{self.config.target.kind}_raw"
+
+    def ensure_synthetic_raw(self) -> Path:
+        folder = self.synthetic_raw_folder()
+        argv = [executable("nnunet-poolskip"), "synth", "--kind", self.config.target.kind, "-o", str(folder),
+                "--cases", str(self.settings.synthetic_cases), "--seed", str(self.settings.synth_seed), "--quiet"]
+        if self.settings.synth_size:
+            argv += ["--size", *map(str, self.settings.synth_size)]
+        if self._synthetic_complete(folder):
+            self.steps.skip("synth", "synthetic phantoms", f"already in {folder}")
+        else:
+            self.steps.run("synth", f"synthesise {self.settings.synthetic_cases} {self.config.target.kind.upper()}"
+                                    f"-like phantoms -> {folder}", argv)
+        return folder
+
+    def _synthetic_complete(self, folder: Path) -> bool:
+        # synth writes into a temporary folder and renames it at the end: the folder exists only when complete
+        return folder.is_dir() and any(folder.iterdir()) and self.steps.record.step("synth").get("status") != "failed"
+
+    def check_test_set(self) -> None:
+        """Every test image has its reference label; records the test and train+val cases in run.json."""
+        raw = self.config.raw_folder()
+        ending = file_ending(raw)
+        tests = case_ids(raw / "imagesTs", ending) if (raw / "imagesTs").is_dir() else []
+        if not tests:
+            raise BenchmarkError(f"{raw} has no test images (imagesTs/<case>_0000{ending}): the benchmark predicts "
+                                 f"and evaluates the held-out test set")
+        missing = [c for c in tests if not (raw / "labelsTs" / f"{c}{ending}").is_file()]
+        if missing:
+            raise BenchmarkError(f"{raw / 'labelsTs'} lacks the reference labels of test cases {missing}")
+        record = self.steps.record
+        record.data["dataset"].update({"name": raw.name, "test_cases": tests,
+                                       "n_train_val": len(case_ids(raw / "imagesTr", ending))})
+        record.save()
+
+    def preprocessed_folder(self) -> Path:
+        return self.ws.preprocessed / self.config.dataset_name()
+
+    def preprocessing_complete(self) -> bool:
+        """True when the default plans exist and every train+val case is preprocessed for them."""
+        folder = self.preprocessed_folder()
+        plans_file = folder / f"{DEFAULT_PLANS}.json"
+        if not plans_file.is_file() or self.steps.record.step("plan_and_preprocess")["status"] in (
+                "interrupted", "failed", "running"):
+            return False
+        plans = json.loads(plans_file.read_text())
+        data_folder = folder / plans["configurations"][CONFIGURATION]["data_identifier"]
+        raw = self.config.raw_folder()
+        cases = case_ids(raw / "imagesTr", file_ending(raw))
+        return data_folder.is_dir() and all((data_folder / f"{c}.pkl").is_file() for c in cases)
+
+    def ensure_preprocessed(self) -> None:
+        step = "plan_and_preprocess"
+        if self.preprocessing_complete():
+            self.steps.skip(step, "nnUNetv2_plan_and_preprocess", "plans and preprocessed data exist")
+        else:
+            argv = [executable("nnUNetv2_plan_and_preprocess"), "-d", str(self.config.target.dataset_id),
+                    "-c", CONFIGURATION]
+            if self.config.target.kind == "custom":  # our converters already check geometry and label values
+                argv.append("--verify_dataset_integrity")
+            if self.settings.preprocess_processes is not None:  # fingerprint workers too (nnU-Net default 8)
+                n = str(self.settings.preprocess_processes)
+                argv += ["-np", n, "-npfp", n]
+            self.steps.run(step, "nnUNetv2_plan_and_preprocess (fingerprint, plans, preprocessing)", argv, "plan")
+
+    def ensure_derived_plans(self) -> None:
+        plans = self.config.plans
+        folder = self.preprocessed_folder()
+        target = folder / f"{plans}.json"
+        if self.settings.plans_preset is not None:
+            source = folder / f"{DEFAULT_PLANS}.json"
+            if target.is_file() and target.stat().st_mtime >= source.stat().st_mtime:
+                self.steps.skip("derive_plans", f"derive {plans}", "exists")
+            else:
+                argv = [executable("nnunet-poolskip"), "derive-plans", "-d", str(self.config.target.dataset_id),
+                        "--preset", self.settings.plans_preset]
+                self.steps.run("derive_plans", f"derive plans {plans} (preset {self.settings.plans_preset})", argv)
+        if not target.is_file():
+            raise BenchmarkError(f"plans {target} not found")
+        self.steps.record.note("plans", plans_summary(target, CONFIGURATION))

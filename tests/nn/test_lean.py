@@ -1,0 +1,267 @@
+"""The memory-lean implementation (nnunet_poolskip.nn.lean_kernels) against the reference implementation.
+
+The reference (max_pool*d with indices, max_unpool*d, conv, composed by autograd) is the
+straightforward Pool Skip and is itself checked against explicit loops in test_modules.py.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+
+import pytest
+import torch
+from dynamic_network_architectures.architectures.unet import PlainConvUNet
+from torch import nn
+
+from nnunet_poolskip.nn.inject import inject_pool_skip
+from nnunet_poolskip.nn.lean_kernels import (decode_offsets, encode_offsets, lean_pool_unpool, lean_pool_unpool_conv,
+                                             offset_dtype)
+from nnunet_poolskip.nn.pool_skip import (DEFAULT_IMPLEMENTATION, POOL_SKIP_CLASSES, VARIANTS, PoolSkip3d, is_pool_skip,
+                                          set_implementation)
+
+
+def pair(ndim, channels, pool, variant, seed=0):
+    """(lean module, reference module) with identical weights."""
+    torch.manual_seed(seed)
+    lean = POOL_SKIP_CLASSES[ndim](channels, pool_size=pool, variant=variant, implementation="lean")
+    reference = POOL_SKIP_CLASSES[ndim](channels, pool_size=pool, variant=variant, implementation="reference")
+    reference.load_state_dict(lean.state_dict())
+    return lean, reference
+
+
+def forward_backward(module, y, autocast_dtype=None, seed=1):
+    """Output and the gradients of (input, parameters...) for a fixed random upstream gradient."""
+    y = y.detach().clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        out = module(y)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(out.dtype)
+    out.backward(grad)
+    grads = [y.grad] + [p.grad for p in module.parameters()]
+    module.zero_grad(set_to_none=True)
+    return out.detach(), grads
+
+
+def assert_same(lean_result, reference_result, **tolerance):
+    (out_l, grads_l), (out_r, grads_r) = lean_result, reference_result
+    assert out_l.dtype == out_r.dtype and out_l.shape == out_r.shape
+    torch.testing.assert_close(out_l, out_r, **tolerance)
+    assert len(grads_l) == len(grads_r)
+    for g_l, g_r in zip(grads_l, grads_r):
+        assert g_l.dtype == g_r.dtype
+        torch.testing.assert_close(g_l, g_r, **tolerance)
+
+
+def tied(shape, seed=0):
+    """Values on a coarse grid: many ties inside every window."""
+    return torch.randint(-3, 4, shape, generator=torch.Generator().manual_seed(seed)).float() / 2
+
+
+SIZES = [  # (spatial dims, spatial size, pool size): odd, not divisible, smaller than the pool, per-axis
+    (1, (9,), 2), (1, (1,), 3), (2, (5, 7), 2), (2, (4, 9), (3, 2)), (2, (1, 3), 4),
+    (3, (5, 6, 7), 2), (3, (3, 4, 5), (1, 2, 3)), (3, (1, 2, 1), 2), (3, (6, 5, 4), 3),
+    # windows tiling the grid exactly take another backward path (boolean argmax mask)
+    (1, (8,), 2), (2, (4, 6), 2), (2, (6, 4), (3, 1)), (3, (4, 6, 8), 2), (3, (2, 4, 6), (1, 2, 3)),
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("ndim,spatial,pool", SIZES)
+def test_lean_equals_reference_float32(ndim, spatial, pool, variant):
+    """Random values in one sample, values with many ties inside windows in the other."""
+    lean, reference = pair(ndim, 4, pool, variant)
+    y = torch.cat([torch.randn((1, 4, *spatial), generator=torch.Generator().manual_seed(3)),
+                   tied((1, 4, *spatial))])
+    assert_same(forward_backward(lean, y), forward_backward(reference, y))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("spatial", [(5, 6, 7), (4, 6, 8)])
+def test_lean_equals_reference_channels_last_3d(variant, spatial):
+    lean, reference = pair(3, 8, 2, variant)
+    y = tied((2, 8, *spatial)).to(memory_format=torch.channels_last_3d)
+    lean_result = forward_backward(lean, y)
+    assert_same(lean_result, forward_backward(reference, y))
+    assert lean_result[0].shape == y.shape
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("ndim,spatial,pool", [(2, (5, 7), 2), (3, (4, 5, 7), 2), (3, (3, 4, 6), (1, 2, 3)),
+                                               (3, (4, 6, 8), 2)])
+@pytest.mark.parametrize("input_dtype", [torch.bfloat16, torch.float32])
+def test_lean_equals_reference_under_bf16_autocast(ndim, spatial, pool, variant, input_dtype):
+    """Under autocast the inner conv runs in bf16 and the parameters' gradients come back in float32.
+    A bf16 input is what a host conv under autocast hands over; a float32 one exercises the promotion.
+
+    (3D sizes keep a depth >= 2: torch 2.14's oneDNN bf16 conv3d on CPU returns wrong, run-dependent
+    values for depth 1, in both implementations alike.)"""
+    lean, reference = pair(ndim, 4, pool, variant)
+    y = tied((2, 4, *spatial)).to(input_dtype)
+    lean_result = forward_backward(lean, y, torch.bfloat16)
+    assert_same(lean_result, forward_backward(reference, y, torch.bfloat16), rtol=1e-2, atol=1e-2)
+    assert all(g.dtype == torch.float32 for g in lean_result[1][1:])
+
+
+def test_nan_and_infinite_values_propagate_like_the_reference():
+    lean, reference = pair(3, 2, 2, "full")
+    y = torch.randn(1, 2, 4, 4, 5)
+    y[0, 0, 0, 0, 0] = float("nan")
+    y[0, 1, 2, 2, 2] = float("-inf")
+    y[0, 1, 0:2, 0:2, 0:2] = float("-inf")  # a whole window of -inf
+    with torch.no_grad():
+        torch.testing.assert_close(lean(y), reference(y), equal_nan=True)
+
+
+def saved_bytes(module, y):
+    """Bytes of the storages saved for backward by one forward, parameters excluded, each counted once."""
+    parameters = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(y.detach().clone().requires_grad_(True))
+    return sum(storages.values())
+
+
+def test_lean_saves_only_pooled_values_and_int8_offsets():
+    batch, channels, spatial = 2, 8, (9, 8, 7)
+    y = torch.randn(batch, channels, *spatial)
+    windows = batch * channels * math.prod(math.ceil(s / 2) for s in spatial)
+    voxels = batch * channels * math.prod(spatial)
+    lean, reference = pair(3, channels, 2, "full")
+    assert saved_bytes(lean, y) == windows * (4 + 1)  # float32 maxima + int8 offsets
+    # the reference keeps y (max pooling), int64 indices, and the unpooled map (conv input)
+    assert saved_bytes(reference, y) == voxels * 4 + windows * 8 + voxels * 4
+    lean_pool_skip, _ = pair(3, channels, 2, "pool_skip")
+    assert saved_bytes(lean_pool_skip, y) == windows  # int8 offsets only
+    lean_bf16 = pair(3, channels, 2, "pool_conv")[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # maxima kept in the conv's bf16 + the bf16 weight copy
+        weight_copy = lean_bf16.conv.weight.numel() * 2
+        assert saved_bytes(lean_bf16, y) == windows * (2 + 1) + weight_copy
+
+
+@pytest.mark.parametrize("ndim,spatial,pool", [(1, (11,), 3), (2, (7, 5), (2, 3)), (3, (5, 4, 3), (2, 3, 2)),
+                                               (3, (3, 3, 3), 4)])
+def test_offsets_round_trip_for_every_position_in_every_window(ndim, spatial, pool):
+    """encode/decode are inverse for any argmax position, partial border windows included."""
+    pool = (pool,) * ndim if isinstance(pool, int) else pool
+    pooled_shape = [math.ceil(s / k) for s, k in zip(spatial, pool)]
+    flat = torch.arange(math.prod(spatial)).reshape(spatial)
+    for trial in range(20):  # random valid position in every window
+        generator = torch.Generator().manual_seed(trial)
+        index = torch.zeros(pooled_shape, dtype=torch.int64)
+        grids = torch.meshgrid(*[torch.arange(n) for n in pooled_shape], indexing="ij")
+        coords = []
+        for d, (grid, k, s) in enumerate(zip(grids, pool, spatial)):
+            extent = torch.clamp(s - grid * k, max=k)  # window extent along this axis (partial at the border)
+            coords.append(grid * k + (torch.rand(grid.shape, generator=generator) * extent).long())
+        index = flat[tuple(coords)].reshape(1, 1, *pooled_shape)
+        offsets = encode_offsets(index, spatial, pool)
+        assert offsets.dtype == offset_dtype(pool) and offsets.shape == index.shape
+        assert int(offsets.min()) >= 0 and int(offsets.max()) < math.prod(pool)
+        assert torch.equal(decode_offsets(offsets, spatial, pool), index)
+
+
+def test_offset_dtype_grows_with_the_window():
+    assert offset_dtype((2, 2, 2)) == torch.int8
+    assert offset_dtype((4, 4, 8)) == torch.int8  # 128 positions: 0..127
+    assert offset_dtype((8, 8, 8)) == torch.int16
+    assert offset_dtype((64, 64, 64)) == torch.int32
+    lean, reference = pair(2, 2, (16, 9), "full")  # 144 positions: int16 offsets
+    y = torch.randn(1, 2, 20, 19)
+    assert_same(forward_backward(lean, y), forward_backward(reference, y))
+
+
+def test_functional_api_equals_modules():
+    lean, _ = pair(3, 4, 2, "full")
+    y = torch.randn(1, 4, 5, 4, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(lean_pool_unpool_conv(y, lean.conv.weight, lean.conv.bias, (2, 2, 2), (1, 1, 1),
+                                                         skip=True), lean(y), rtol=0, atol=0)
+        torch.testing.assert_close(lean_pool_unpool(y, (1, 1, 1)), y)
+
+
+def test_deterministic_given_a_seed():
+    results = []
+    for _ in range(2):
+        lean, _ = pair(3, 4, 2, "full", seed=7)
+        results.append(forward_backward(lean, torch.randn(2, 4, 6, 5, 7, generator=torch.Generator().manual_seed(5))))
+    assert_same(results[0], results[1], rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")),
+                    reason="torch.compile's inductor backend needs a C++ compiler on CPU")
+def test_torch_compile_inductor_fullgraph_equals_reference():
+    """fullgraph=True fails on any graph break, so the custom autograd Function is traced, forward and
+    backward, and compiled by inductor (C++ code generation: ~15-30 s on 2 cores with a cold cache)."""
+    torch._dynamo.reset()
+    lean, reference = pair(3, 4, 2, "full")
+    compiled = torch.compile(lean, fullgraph=True)
+    y = tied((2, 4, 4, 6, 8))
+    assert_same(forward_backward(compiled, y), forward_backward(reference, y))
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("spatial", [(5, 6, 7), (4, 6, 8)])
+@pytest.mark.parametrize("variant", ["full", "pool_skip"])
+def test_torch_compile_traces_without_graph_breaks(spatial, variant):
+    """Dynamo + AOTAutograd trace both backward paths (tiling and partial windows) in one graph; the
+    aot_eager backend skips inductor's code generation, so this stays fast."""
+    torch._dynamo.reset()
+    lean, reference = pair(3, 4, 2, variant)
+    compiled = torch.compile(lean, backend="aot_eager", fullgraph=True)
+    y = tied((2, 4, *spatial))
+    assert_same(forward_backward(compiled, y), forward_backward(reference, y))
+    torch._dynamo.reset()
+
+
+def small_unet():
+    return PlainConvUNet(1, 4, [4, 8, 16, 16], nn.Conv3d, [[1, 3, 3], 3, 3, 3], [1, [1, 2, 2], 2, 2], 2, 3, 1,
+                         conv_bias=True, norm_op=nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
+                         nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=True)
+
+
+def test_injected_network_uses_the_default_and_lean_matches_reference():
+    """What the trainers build (inject_pool_skip with defaults) uses the module family's default
+    implementation; switched to lean, the whole network's outputs and gradients equal the reference."""
+    torch.manual_seed(0)
+    lean_net = small_unet()
+    inject_pool_skip(lean_net)
+    modules = [m for m in lean_net.modules() if is_pool_skip(m)]
+    assert len(modules) == 8 and all(m.implementation == DEFAULT_IMPLEMENTATION for m in modules)
+    assert set_implementation(lean_net, "lean") == 8
+    reference_net = small_unet()
+    inject_pool_skip(reference_net)
+    reference_net.load_state_dict(lean_net.state_dict())
+    assert set_implementation(reference_net, "reference") == 8
+    x = torch.randn(1, 1, 8, 16, 16, generator=torch.Generator().manual_seed(1))
+    losses = []
+    for net in (lean_net, reference_net):
+        out = net(x)
+        loss = sum(o.square().mean() for o in out)
+        loss.backward()
+        losses.append(loss.detach())
+    torch.testing.assert_close(losses[0], losses[1])
+    for (name, p_lean), p_ref in zip(lean_net.named_parameters(), reference_net.parameters()):
+        torch.testing.assert_close(p_lean.grad, p_ref.grad, msg=name)
+
+
+def test_state_dict_is_interchangeable():
+    lean = PoolSkip3d(4, implementation="lean")
+    reference = PoolSkip3d(4, implementation="reference")
+    assert lean.state_dict().keys() == reference.state_dict().keys()
+    reference.load_state_dict(lean.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_inference_mode_equals_reference(variant):
+    """Without autograd (nnU-Net's predictor) nothing is saved and the plain ops run."""
+    lean, reference = pair(3, 4, 2, variant)
+    y = tied((1, 4, 5, 6, 7))
+    with torch.inference_mode():
+        torch.testing.assert_close(lean(y), reference(y), rtol=0, atol=0)

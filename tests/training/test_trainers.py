@@ -1,0 +1,183 @@
+"""The trainers through nnU-Net's own machinery: network building per configuration and plans,
+stock-CLI training and prediction, continuation, discovery, and a wheel install."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from conftest import run_cli
+from nnunet_poolskip.nn.pool_skip import PoolSkip2d, PoolSkip3d, is_pool_skip
+from nnunet_poolskip.training import TRAINERS
+from nnunet_poolskip.training.poolskip import nnUNetTrainerPoolSkip
+from nnunet_poolskip.training.schedule import schedule_overrides
+
+POOL_SKIP_TRAINERS = {name: cls for name, cls in TRAINERS.items() if issubclass(cls, nnUNetTrainerPoolSkip)}
+
+
+def build(trainer_cls, plans: dict, configuration: str, out_channels: int = 3):
+    manager = PlansManager(plans)
+    return trainer_cls.build_network_architecture(manager, manager.get_configuration(configuration), 1,
+                                                  out_channels, enable_deep_supervision=False)
+
+
+def pool_skips(network):
+    return [m for m in network.modules() if is_pool_skip(m)]
+
+
+@pytest.fixture(scope="module")
+def toy_plans(toy_workspace) -> dict:
+    plans = json.loads((toy_workspace.preprocessed / "nnUNetPlansCPU.json").read_text())
+    # nnU-Net only plans 3d_lowres for large images; add one the way it writes them (same network
+    # family, coarser spacing) so the trainers are exercised on that configuration name as well.
+    full = plans["configurations"]["3d_fullres"]
+    plans["configurations"]["3d_lowres"] = {
+        "inherits_from": "3d_fullres", "data_identifier": "nnUNetPlansCPU_3d_lowres",
+        "spacing": [s * 2 for s in full["spacing"]], "patch_size": full["patch_size"], "next_stage": "3d_cascade_fullres"}
+    return plans
+
+
+@pytest.mark.parametrize("configuration, module_type", [("2d", PoolSkip2d), ("3d_fullres", PoolSkip3d),
+                                                        ("3d_lowres", PoolSkip3d)])
+def test_every_pool_skip_trainer_builds_every_configuration(toy_plans, configuration, module_type):
+    n_stages = toy_plans["configurations"]["3d_fullres" if configuration != "2d" else "2d"]["architecture"][
+        "arch_kwargs"]["n_stages"]
+    for name, cls in POOL_SKIP_TRAINERS.items():
+        net = build(cls, toy_plans, configuration)
+        mods = pool_skips(net)
+        expected = 2 * (n_stages - 1 if cls.pool_skip_stages == "all_but_last" else n_stages)
+        assert len(mods) == expected, name
+        assert all(type(m) is module_type and m.variant == cls.pool_skip_variant for m in mods), name
+        assert all(m.pool_size == (cls.pool_skip_size,) * module_type.spatial_dims for m in mods), name
+        patch = toy_plans["configurations"]["3d_fullres" if configuration != "2d" else "2d"]["patch_size"]
+        with torch.no_grad():
+            out = net.eval()(torch.zeros(1, 1, *patch))
+        assert out.shape == (1, 3, *patch)
+    assert build(TRAINERS["nnUNetTrainerBaseline"], toy_plans, "3d_fullres") is not None
+    assert not pool_skips(build(TRAINERS["nnUNetTrainerBaseline"], toy_plans, "3d_fullres"))
+
+
+def test_resenc_plans(toy_workspace):
+    """`-p nnUNetResEncUNetMPlans`: nnU-Net's ResEnc planner, then the CPU transform, then our trainer."""
+    env = toy_workspace.env
+    run_cli(["nnUNetv2_plan_experiment", "-d", str(toy_workspace.dataset_id), "-pl", "nnUNetPlannerResEncM"],
+            {k: v for k, v in env.items() if k != "nnUNet_n_proc_DA"})
+    run_cli(["nnunet-poolskip", "derive-plans", "-d", str(toy_workspace.dataset_id), "-p", "nnUNetResEncUNetMPlans"],
+            env)
+    plans = json.loads((toy_workspace.preprocessed / "nnUNetResEncUNetMPlansCPU.json").read_text())
+    assert plans["plans_name"] == "nnUNetResEncUNetMPlansCPU"
+    kwargs = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
+    net = build(TRAINERS["nnUNetTrainerPoolSkip"], plans, "3d_fullres")
+    assert type(net).__name__ == "ResidualEncoderUNet"
+    assert len(pool_skips(net)) == 1 + 2 * sum(kwargs["n_blocks_per_stage"])
+
+
+def test_stock_cli_train_then_predict_with_pool_skip(toy_workspace, tmp_path):
+    folder = toy_workspace.train("nnUNetTrainerPoolSkip", 0)
+    checkpoint = torch.load(folder / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["trainer_name"] == "nnUNetTrainerPoolSkip"
+    weights = checkpoint["network_weights"]
+    n_stages = json.loads((folder / "plans.json").read_text())["configurations"]["3d_fullres"]["architecture"][
+        "arch_kwargs"]["n_stages"]
+    inner = [k for k in weights if k.endswith("all_modules.1.conv.weight") and k.startswith("encoder.")]
+    assert len(inner) == 2 * n_stages
+    assert weights["encoder.stages.0.0.convs.0.all_modules.1.conv.weight"].shape[-3:] == (3, 3, 3)
+
+    out = tmp_path / "pred"
+    run_cli(["nnUNetv2_predict", "-i", str(toy_workspace.raw / "imagesTs"), "-o", str(out), "-d",
+             str(toy_workspace.dataset_id), "-c", "3d_fullres", "-f", "0", "-tr", "nnUNetTrainerPoolSkip",
+             "-p", toy_workspace.plans, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"],
+            toy_workspace.env)
+    references = sorted((toy_workspace.raw / "labelsTs").glob("*.nii.gz"))
+    assert references
+    for ref_path in references:
+        pred = sitk.ReadImage(str(out / ref_path.name))
+        ref = sitk.ReadImage(str(ref_path))
+        assert pred.GetSize() == ref.GetSize()
+        assert np.allclose(pred.GetSpacing(), ref.GetSpacing()) and np.allclose(pred.GetOrigin(), ref.GetOrigin())
+        assert np.allclose(pred.GetDirection(), ref.GetDirection())
+        assert set(np.unique(sitk.GetArrayFromImage(pred))) <= {0, 1, 2}
+
+
+def test_continue_training_with_c(toy_workspace):
+    """`--c` resumes from the checkpoint: a 1-epoch run continued to 2 epochs trains only epoch 1."""
+    toy_workspace.train("nnUNetTrainerPoolSkipAMOS", 2)
+    fold = toy_workspace.model_folder("nnUNetTrainerPoolSkipAMOS") / "fold_2"
+    env = {**toy_workspace.env, "NNUNET_POOLSKIP_EPOCHS": "2", "NNUNET_POOLSKIP_ITERS": "2",
+           "NNUNET_POOLSKIP_VAL_ITERS": "1"}
+    proc = run_cli(["nnUNetv2_train", str(toy_workspace.dataset_id), "3d_fullres", "2", "-tr",
+                    "nnUNetTrainerPoolSkipAMOS", "-p", toy_workspace.plans, "-device", "cpu", "--c"], env)
+    log = proc.stdout
+    assert "Epoch 1" in log and "Epoch 0\n" not in log
+    checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["current_epoch"] == 2
+
+
+def test_schedule_variables_are_validated():
+    assert schedule_overrides({"NNUNET_POOLSKIP_EPOCHS": "3"}) == {"num_epochs": 3}
+    assert schedule_overrides({}) == {}
+    with pytest.raises(ValueError, match="NNUNET_POOLSKIP_ITERS"):
+        schedule_overrides({"NNUNET_POOLSKIP_ITERS": "zero"})
+
+
+def test_missing_ext_trainer_gives_the_env_command(monkeypatch):
+    from nnunet_poolskip.training.discovery import find_trainer_class
+
+    monkeypatch.delenv("nnUNet_extTrainer", raising=False)
+    with pytest.raises(RuntimeError, match=r'eval "\$\(nnunet-poolskip env\)"'):
+        find_trainer_class("nnUNetTrainerPoolSkip")
+    env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
+    line = run_cli(["nnunet-poolskip", "env"], env).stdout.strip()
+    monkeypatch.setenv("nnUNet_extTrainer", line.split("=", 1)[1].strip("'"))
+    assert find_trainer_class("nnUNetTrainerPoolSkipS4").pool_skip_size == 4
+
+
+def test_wheel_install_discovers_trainers(tmp_path, toy_workspace):
+    """A non-editable wheel in a fresh venv carries what `env` points to, and nnU-Net finds the trainer there."""
+    repo = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "dist"), str(repo)], check=True, capture_output=True)
+    wheel = next((tmp_path / "dist").glob("nnunet_poolskip-*.whl"))
+    # every module and data file of the package is in the wheel (a subpackage missing from pyproject's
+    # package list would only fail on a user's machine)
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    package = repo / "nnunet_poolskip"
+    expected = {f"nnunet_poolskip/{p.relative_to(package).as_posix()}" for pattern in ("*.py", "*.json")
+                for p in package.rglob(pattern)}
+    assert expected - shipped == set()
+    target = tmp_path / "venv"
+    venv.create(target, with_pip=False)
+    site = next(target.glob("lib/python*/site-packages"))
+    # dependencies come from this venv's site-packages, added as a plain path: its .pth files (our
+    # editable install among them) are not processed, so only the wheel provides nnunet_poolskip
+    deps = Path(torch.__file__).resolve().parents[1]
+    (site / "deps.pth").write_text(str(deps) + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(target / "bin" / "python"), "install", "-q",
+                    "--no-deps", str(wheel)], check=True, capture_output=True)
+    python = str(target / "bin" / "python")
+    env = {k: v for k, v in toy_workspace.env.items() if k != "nnUNet_extTrainer"}
+    line = run_cli([str(target / "bin" / "nnunet-poolskip"), "env"], env, cwd=tmp_path).stdout.strip()
+    ext = line.split("=", 1)[1].strip("'")
+    assert Path(ext).is_relative_to(site) and (Path(ext) / "nnunet_poolskip_trainers.py").is_file()
+    env["nnUNet_extTrainer"] = ext
+    toy_workspace.train("nnUNetTrainerPoolSkip", 0)
+    out = tmp_path / "pred"
+    predict = "import sys; from nnunetv2.inference.predict_from_raw_data import predict_entry_point as p; p()"
+    run_cli([python, "-c", predict, "-i", str(toy_workspace.raw / "imagesTs"),
+             "-o", str(out), "-d", str(toy_workspace.dataset_id), "-c", "3d_fullres", "-f", "0", "-tr",
+             "nnUNetTrainerPoolSkip", "-p", toy_workspace.plans, "-device", "cpu", "--disable_tta", "-npp", "1",
+             "-nps", "1"], env, cwd=tmp_path)
+    assert len(list(out.glob("*.nii.gz"))) == len(list((toy_workspace.raw / "imagesTs").glob("*.nii.gz")))
+    probe = subprocess.run([python, "-c", "import nnunet_poolskip; print(nnunet_poolskip.__file__)"],
+                           capture_output=True, text=True, cwd=tmp_path, env=env, check=True)
+    assert Path(probe.stdout.strip()).is_relative_to(site)
