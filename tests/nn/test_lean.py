@@ -463,3 +463,16 @@ def test_position_code_cache_is_thread_safe(monkeypatch):
         sys.setswitchinterval(old_interval)
     assert errors == [] and wrong == []
     assert len(lean_kernels._CODES_CACHE) <= lean_kernels._CODES_CACHE_SIZE
+
+
+def test_forward_mode_ad_raises_in_lean_and_works_in_reference():
+    """What docs/memory-lean.md says: forward-mode AD is not implemented for the lean functions."""
+    import torch.autograd.forward_ad as forward_ad
+
+    lean, reference = pair(3, 2, 2, "full")
+    y, tangent = torch.randn(1, 2, 3, 4, 5), torch.randn(1, 2, 3, 4, 5)
+    with forward_ad.dual_level():
+        with pytest.raises(NotImplementedError, match="jvp"):
+            lean(forward_ad.make_dual(y, tangent))
+        out = reference(forward_ad.make_dual(y, tangent))
+        assert forward_ad.unpack_dual(out).tangent.abs().sum() > 0
