@@ -23,9 +23,10 @@ kernel. With ``host_shaped=True`` each Pool Skip follows its host conv instead:
 
 - inner conv kernel = the host conv's kernel (nnU-Net: the stage's ``kernel_sizes`` entry, e.g. 1x3x3);
 - pool window = ``pool_size`` along the axes where the host kernel is larger than 1, and 1 along the axes
-  where it is 1. nnU-Net's planner gives an axis kernel 1 when its spacing at that stage is at least twice
-  the finest (thick slices); such an axis is then not downsampled into the next stage either, so Pool Skip
-  pools where the network itself treats voxels as neighbours and leaves the slice axis alone where it does.
+  where it is 1. nnU-Net's planner (``get_pool_and_conv_props``) gives an axis kernel 1 while its spacing
+  at that stage is at least twice the finest (thick slices), and then normally does not downsample that
+  axis into the next stage either (stride 1 there). So Pool Skip pools along the axes on which the host
+  conv treats voxels as neighbours, and leaves the slice axis alone where the host does.
 
 On isotropic stages (kernel 3 along every axis, every 2D configuration) both readings are the same.
 """
