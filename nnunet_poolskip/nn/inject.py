@@ -16,17 +16,30 @@ modified encoder, as it must).
 The new inner convs are initialised as the host network initialises its own convs
 (nnU-Net: ``InitWeights_He(1e-2)``), since ``get_network_from_plans`` has already run
 ``network.initialize`` before injection.
+
+Shape of the inner conv and the pool window (the 3D reading of the paper's 2D "3x3 conv, 2x2 pool"):
+by default every Pool Skip gets a 3x3x3 conv and a 2x2x2 (``pool_size``) window, whatever the host conv's
+kernel. With ``host_shaped=True`` each Pool Skip follows its host conv instead:
+
+- inner conv kernel = the host conv's kernel (nnU-Net: the stage's ``kernel_sizes`` entry, e.g. 1x3x3);
+- pool window = ``pool_size`` along the axes where the host kernel is larger than 1, and 1 along the axes
+  where it is 1. nnU-Net's planner (``get_pool_and_conv_props``) gives an axis kernel 1 while its spacing
+  at that stage is at least twice the finest (thick slices), and then normally does not downsample that
+  axis into the next stage either (stride 1 there). So Pool Skip pools along the axes on which the host
+  conv treats voxels as neighbours, and leaves the slice axis alone where the host does.
+
+On isotropic stages (kernel 3 along every axis, every 2D configuration) both readings are the same.
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Union
+from typing import List, Sequence, Tuple, Union
 
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 
-from nnunet_poolskip.nn.pool_skip import POOL_SKIP_CLASSES, VARIANTS, is_pool_skip
+from nnunet_poolskip.nn.pool_skip import POOL_SKIP_CLASSES, VARIANTS, as_per_axis, as_int, is_pool_skip
 
 SUPPORTED_NETWORKS = (PlainConvUNet, ResidualEncoderUNet)
 STAGE_CHOICES = ("all", "all_but_last")
@@ -39,16 +52,24 @@ def resolve_stages(stages: Union[str, Sequence[int]], n_stages: int) -> List[int
     Raises ValueError naming the valid choices for an unknown string, an index outside
     ``0..n_stages-1`` or an empty selection.
     """
+    choices = f"one of {STAGE_CHOICES} or a sequence of encoder stage indices in 0..{n_stages - 1}"
     if isinstance(stages, str):
         if stages == "all":
             return list(range(n_stages))
         if stages == "all_but_last":
+            if n_stages < 2:
+                raise ValueError(f"stages='all_but_last' selects no encoder stage: this network has {n_stages} "
+                                 f"encoder stage; use 'all' or [0]")
             return list(range(n_stages - 1))
-        raise ValueError(f"stages must be one of {STAGE_CHOICES} or a sequence of encoder stage indices "
-                         f"in 0..{n_stages - 1}, got {stages!r}")
-    indices = sorted(set(int(s) for s in stages))
+        raise ValueError(f"stages must be {choices}, got {stages!r}")
+    try:
+        entries = list(stages)
+    except TypeError:
+        hint = f"; for one stage write [{stages}]" if isinstance(stages, int) and not isinstance(stages, bool) else ""
+        raise ValueError(f"stages must be {choices}, got {stages!r} ({type(stages).__name__}){hint}") from None
+    indices = sorted(set(as_int(s, "an encoder stage index") for s in entries))
     if not indices:
-        raise ValueError(f"stages selects no encoder stage; use {STAGE_CHOICES} or indices in 0..{n_stages - 1}")
+        raise ValueError(f"stages selects no encoder stage; use {choices}")
     bad = [s for s in indices if not 0 <= s < n_stages]
     if bad:
         raise ValueError(f"encoder stage index {bad} out of range: this network has {n_stages} encoder stages "
@@ -72,16 +93,28 @@ def _host_blocks(network: nn.Module, stage: int) -> List[tuple]:
     return found
 
 
+def host_shaped_sizes(host_kernel: Sequence[int], pool_size: Sequence[int]) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """(inner conv kernel, pool window) of a host-shaped Pool Skip for a host conv with ``host_kernel``:
+    the host's kernel, and ``pool_size`` along the axes where that kernel is larger than 1 (1 elsewhere)."""
+    kernel = tuple(int(k) for k in host_kernel)
+    return kernel, tuple(p if k > 1 else 1 for k, p in zip(kernel, pool_size))
+
+
 def inject_pool_skip(network: nn.Module, stages: Union[str, Sequence[int]] = "all",
-                     pool_size: Union[int, Sequence[int]] = 2, variant: str = "full") -> List[str]:
+                     pool_size: Union[int, Sequence[int]] = 2, variant: str = "full", *,
+                     host_shaped: bool = False) -> List[str]:
     """Insert Pool Skip after every encoder conv of the selected stages, in place.
 
     Args:
         network: a dynamic-network-architectures ``PlainConvUNet`` or ``ResidualEncoderUNet``
             (2D or 3D; the Pool Skip dimensionality follows the conv op).
-        stages: ``"all"``, ``"all_but_last"`` (the paper's AMOS setting) or encoder stage indices.
+        stages: ``"all"``, ``"all_but_last"`` (the paper's AMOS setting) or a sequence of encoder stage
+            indices (ints or NumPy integers).
         pool_size: max-pool kernel and stride in voxels (int or one per spatial axis).
         variant: one of ``nnunet_poolskip.nn.pool_skip.VARIANTS``.
+        host_shaped: give each inner conv its host conv's kernel and pool only along the axes where that
+            kernel is larger than 1 (see the module docstring); default: kernel 3 and ``pool_size`` along
+            every axis.
 
     Returns:
         The qualified names of the host convs that now have Pool Skip, in data-flow order,
@@ -99,12 +132,16 @@ def inject_pool_skip(network: nn.Module, stages: Union[str, Sequence[int]] = "al
     if any(is_pool_skip(m) for m in network.modules()):
         raise ValueError("this network already has Pool Skip modules; inject into a fresh network")
     selected = resolve_stages(stages, len(network.encoder.stages))
-    pool_skip_class = POOL_SKIP_CLASSES[_SPATIAL_DIMS[network.encoder.conv_op]]
+    spatial_dims = _SPATIAL_DIMS[network.encoder.conv_op]
+    pool_skip_class = POOL_SKIP_CLASSES[spatial_dims]
+    pool_size = as_per_axis(pool_size, spatial_dims, "pool_size")  # checked before anything is inserted
     init = InitWeights_He(1e-2)
     wrapped = []
     for stage in selected:
         for name, block in _host_blocks(network, stage):
-            pool_skip = pool_skip_class(block.conv.out_channels, pool_size=pool_size, variant=variant)
+            kernel, pool = host_shaped_sizes(block.conv.kernel_size, pool_size) if host_shaped else (3, pool_size)
+            pool_skip = pool_skip_class(block.conv.out_channels, pool_size=pool, kernel_size=kernel,
+                                        variant=variant)
             pool_skip.apply(init)
             pool_skip.to(device=block.conv.weight.device, dtype=block.conv.weight.dtype)
             block.all_modules.insert(1, pool_skip)

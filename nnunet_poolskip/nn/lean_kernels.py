@@ -30,13 +30,28 @@ skip sum. A training step takes about as long as with the reference (see benchma
 
 Mixed precision: under ``torch.autocast`` the inner conv computes in the autocast dtype exactly as an
 autocast ``F.conv*d`` would (input, weight and bias cast to it; pooling itself stays in ``y``'s dtype,
-as max pooling is exact in any dtype). The functions are not twice differentiable. Without autograd
-(``torch.no_grad``, inference) they run the plain reference ops. The per-voxel window-position table
-of each grid size seen is cached (int8, one byte per voxel of a single channel; at most 32 grids).
+as max pooling is exact in any dtype). Without autograd (``torch.no_grad``, inference) they run the
+plain reference ops.
+
+Higher-order gradients: the backward passes are built from differentiable ops, so a graph of the
+backward (``torch.autograd.grad(..., create_graph=True)``, gradient penalties,
+``torch.autograd.functional.hvp`` / ``jvp``) gives the reference's second derivatives. For that, the
+pooled maxima are a (discarded) second output of the conv function: double backward reaches ``y``
+through them. Forward-mode AD (``torch.func.jvp``, ``torch.autograd.forward_ad``) is not implemented
+and raises; the reference implementation supports it.
+
+Deterministic mode: PyTorch's ``max_unpool*d`` has no deterministic kernel and raises under
+``torch.use_deterministic_algorithms(True)``. With kernel = stride the windows do not overlap, so no two
+maxima go to the same voxel and unpooling is a plain scatter, which PyTorch runs deterministically:
+:func:`unpool` switches to it in deterministic mode (same values, same gradients).
+
+The per-voxel window-position table of each grid size seen is cached (int8, one byte per voxel of a
+single channel; at most 32 grids; safe to use from several threads).
 """
 from __future__ import annotations
 
 import math
+import threading
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -89,6 +104,7 @@ def _window_starts(spatial: Sequence[int], pool_size: Sequence[int], device: tor
 
 _CODES_CACHE: Dict[tuple, torch.Tensor] = {}
 _CODES_CACHE_SIZE = 32
+_CODES_CACHE_LOCK = threading.Lock()  # data loader threads or several models may run Pool Skip at once
 
 
 def _position_codes(spatial: Sequence[int], pool_size: Sequence[int], device: torch.device) -> torch.Tensor:
@@ -99,8 +115,11 @@ def _position_codes(spatial: Sequence[int], pool_size: Sequence[int], device: to
     while torch.compile traces, where it is cheap graph code instead."""
     key = (tuple(spatial), tuple(pool_size), device)
     compiling = _is_compiling()
-    if not compiling and key in _CODES_CACHE:
-        return _CODES_CACHE[key]
+    if not compiling:
+        with _CODES_CACHE_LOCK:
+            cached = _CODES_CACHE.get(key)
+        if cached is not None:
+            return cached
     dtype = offset_dtype(pool_size)
     codes = torch.zeros((), dtype=dtype, device=device)
     for d, (size, k) in enumerate(zip(spatial, pool_size)):
@@ -110,9 +129,10 @@ def _position_codes(spatial: Sequence[int], pool_size: Sequence[int], device: to
         codes = codes + along_axis.to(dtype).view(shape)  # one pass over the grid per axis, in the small dtype
     codes = codes.reshape(-1)
     if not compiling:
-        if len(_CODES_CACHE) >= _CODES_CACHE_SIZE:
-            _CODES_CACHE.pop(next(iter(_CODES_CACHE)))
-        _CODES_CACHE[key] = codes
+        with _CODES_CACHE_LOCK:
+            if key not in _CODES_CACHE and len(_CODES_CACHE) >= _CODES_CACHE_SIZE:
+                _CODES_CACHE.pop(next(iter(_CODES_CACHE)))  # the oldest entry
+            _CODES_CACHE[key] = codes
     return codes
 
 
@@ -141,13 +161,30 @@ def decode_offsets(offsets: torch.Tensor, spatial: Sequence[int], pool_size: Seq
     return relative.add_(_window_starts(spatial, pool_size, offsets.device))
 
 
-def _max_pool(y: torch.Tensor, pool_size: Tuple[int, ...]) -> Tuple[torch.Tensor, torch.Tensor]:
+def max_pool(y: torch.Tensor, pool_size: Tuple[int, ...]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Max pooling with kernel = stride = ``pool_size`` (voxels per axis) and partial windows at the far
+    border (``ceil_mode``): (window maxima, their flat int64 indices into ``y``'s spatial grid)."""
     return POOL_FUNCTIONS[len(pool_size)](y, pool_size, pool_size, ceil_mode=True, return_indices=True)
 
 
-def _unpool(values: torch.Tensor, indices: torch.Tensor, pool_size: Tuple[int, ...],
-            spatial: Sequence[int]) -> torch.Tensor:
-    return UNPOOL_FUNCTIONS[len(pool_size)](values, indices, pool_size, pool_size, output_size=tuple(spatial))
+def unpool(values: torch.Tensor, indices: torch.Tensor, pool_size: Tuple[int, ...],
+           spatial: Sequence[int]) -> torch.Tensor:
+    """Each value put back at its flat spatial index in a zero map of ``spatial`` size (``max_unpool*d``
+    for the windows of :func:`max_pool`).
+
+    Under ``torch.use_deterministic_algorithms(True)``, where ``max_unpool*d`` raises, a scatter does the
+    same: the windows do not overlap, so no voxel receives two values and the result (and the gradient,
+    a gather) is the same to the bit. It also casts like ``max_unpool*d`` under CPU autocast (to float32).
+    """
+    if not torch.are_deterministic_algorithms_enabled():
+        return UNPOOL_FUNCTIONS[len(pool_size)](values, indices, pool_size, pool_size, output_size=tuple(spatial))
+    if (values.device.type == "cpu" and autocast_dtype("cpu") is not None
+            and values.dtype in (torch.float16, torch.bfloat16)):
+        values = values.float()  # CPU autocast runs max_unpool*d in float32
+    batch, channels = values.shape[:2]
+    out = values.new_zeros((batch, channels, math.prod(spatial)))
+    out = out.scatter(2, indices.reshape(batch, channels, -1), values.reshape(batch, channels, -1))
+    return out.view(batch, channels, *spatial)
 
 
 def _gather_at(tensor: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -181,7 +218,7 @@ def _skip_and_pool_gradient(grad_out: torch.Tensor, gathered: torch.Tensor, indi
         grad_y.view(batch, channels, -1).scatter_add_(2, indices.reshape(batch, channels, -1),
                                                       gathered.reshape(batch, channels, -1).to(y_dtype))
         return grad_y
-    return grad_out.to(y_dtype) + _unpool(gathered.to(y_dtype), indices, pool_size, spatial)
+    return grad_out.to(y_dtype) + unpool(gathered.to(y_dtype), indices, pool_size, spatial)
 
 
 class _PoolUnpoolFunction(torch.autograd.Function):
@@ -192,8 +229,8 @@ class _PoolUnpoolFunction(torch.autograd.Function):
         spatial = tuple(y.shape[2:])
         # autocast stays on here: it decides the dtype of pooling/unpooling exactly as for the reference
         # ops (CPU autocast runs them in float32, so y + unpooled is then float32 too)
-        pooled, indices = _max_pool(y, pool_size)
-        out = _unpool(pooled, indices, pool_size, spatial)
+        pooled, indices = max_pool(y, pool_size)
+        out = unpool(pooled, indices, pool_size, spatial)
         if skip:
             out = _add_skip(y, out)
         offsets = encode_offsets(indices, spatial, pool_size)
@@ -202,8 +239,9 @@ class _PoolUnpoolFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        # differentiable ops only, so that create_graph=True records a graph of this backward; it is linear
+        # in grad_out and does not depend on y (the argmax positions are constants, as in the reference)
         (offsets,) = ctx.saved_tensors
         with torch.autocast(grad_out.device.type, enabled=False):
             indices = decode_offsets(offsets, ctx.spatial, ctx.pool_size)
@@ -212,25 +250,30 @@ class _PoolUnpoolFunction(torch.autograd.Function):
                 grad_y = _skip_and_pool_gradient(grad_out, gathered, indices, ctx.pool_size, ctx.spatial,
                                                  ctx.y_dtype, spare=None)
             else:
-                grad_y = _unpool(gathered.to(ctx.y_dtype), indices, ctx.pool_size, ctx.spatial)
+                grad_y = unpool(gathered.to(ctx.y_dtype), indices, ctx.pool_size, ctx.spatial)
         return grad_y, None, None
 
 
 class _PoolUnpoolConvFunction(torch.autograd.Function):
     """``[y +] conv(unpool(maxpool(y)))`` saving the pooled values and int8 offsets instead of ``y``, the
-    int64 indices and the unpooled map; the latter is rebuilt in backward for the conv's weight gradient."""
+    int64 indices and the unpooled map; the latter is rebuilt in backward for the conv's weight gradient.
+
+    Returns ``(out, pooled)``: the window maxima are a second, differentiable output that callers drop.
+    Saved as an output, they stay connected to ``y`` in autograd's graph, so that a graph of the backward
+    (create_graph=True) reaches ``y`` through them; in a first-order backward their gradient is None."""
 
     @staticmethod
     def forward(ctx, y: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],  # type: ignore[override]
                 pool_size: Tuple[int, ...], padding: Tuple[int, ...], compute_dtype: torch.dtype,
-                skip: bool) -> torch.Tensor:
+                skip: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        ctx.set_materialize_grads(False)
         spatial = tuple(y.shape[2:])
         with torch.autocast(y.device.type, enabled=False):
-            pooled, indices = _max_pool(y, pool_size)
+            pooled, indices = max_pool(y, pool_size)
             # casting the window maxima to the conv's compute dtype before unpooling equals casting the
             # unpooled map after it (zeros stay zeros), and keeps the smaller tensor
             pooled = pooled.to(compute_dtype)
-            unpooled = _unpool(pooled, indices, pool_size, spatial)
+            unpooled = unpool(pooled, indices, pool_size, spatial)
             out = CONV_FUNCTIONS[len(pool_size)](unpooled, weight, bias, 1, padding)
             del unpooled
             if skip:
@@ -239,30 +282,38 @@ class _PoolUnpoolConvFunction(torch.autograd.Function):
         ctx.save_for_backward(pooled, offsets, weight)
         ctx.pool_size, ctx.spatial, ctx.padding, ctx.skip = pool_size, spatial, padding, skip
         ctx.y_dtype, ctx.has_bias = y.dtype, bias is not None
-        return out
+        return out, pooled
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad_out: Optional[torch.Tensor],  # type: ignore[override]
+                 grad_pooled: Optional[torch.Tensor]):
         pooled, offsets, weight = ctx.saved_tensors
         pool_size, spatial, ndim = ctx.pool_size, ctx.spatial, len(ctx.pool_size)
         need_y, need_weight, need_bias = ctx.needs_input_grad[:3]
-        with torch.autocast(grad_out.device.type, enabled=False):
+        # grad mode is on here only under create_graph=True: the ops below are then recorded, and a tensor
+        # that the recorded graph needs (the rebuilt unpooled map) must not be reused in place
+        recording = torch.is_grad_enabled()
+        grad_y = grad_weight = grad_bias = None
+        with torch.autocast(offsets.device.type, enabled=False):
             indices = decode_offsets(offsets, spatial, pool_size)
-            unpooled = _unpool(pooled, indices, pool_size, spatial)
-            grad_unpooled, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-                grad_out.to(weight.dtype), unpooled, weight, [weight.shape[0]] if ctx.has_bias else None,
-                [1] * ndim, list(ctx.padding), [1] * ndim, False, [0] * ndim, 1,
-                [need_y, need_weight, ctx.has_bias and need_bias])
-            grad_y = None
-            if need_y:
-                gathered = _gather_at(grad_unpooled, indices)
-                del grad_unpooled
-                if ctx.skip:
-                    grad_y = _skip_and_pool_gradient(grad_out, gathered, indices, pool_size, spatial,
-                                                     ctx.y_dtype, spare=unpooled)
-                else:
-                    grad_y = _unpool(gathered.to(ctx.y_dtype), indices, pool_size, spatial)
+            if grad_out is not None:
+                unpooled = unpool(pooled, indices, pool_size, spatial)
+                grad_unpooled, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+                    grad_out.to(weight.dtype), unpooled, weight, [weight.shape[0]] if ctx.has_bias else None,
+                    [1] * ndim, list(ctx.padding), [1] * ndim, False, [0] * ndim, 1,
+                    [need_y, need_weight, ctx.has_bias and need_bias])
+                if need_y:
+                    gathered = _gather_at(grad_unpooled, indices)
+                    del grad_unpooled
+                    if ctx.skip:
+                        grad_y = _skip_and_pool_gradient(grad_out, gathered, indices, pool_size, spatial,
+                                                         ctx.y_dtype, spare=None if recording else unpooled)
+                    else:
+                        grad_y = unpool(gathered.to(ctx.y_dtype), indices, pool_size, spatial)
+            if grad_pooled is not None and need_y:
+                # only when differentiating a backward: the maxima are y's values at the argmax voxels
+                from_pooled = unpool(grad_pooled.to(ctx.y_dtype), indices, pool_size, spatial)
+                grad_y = from_pooled if grad_y is None else grad_y + from_pooled
         return grad_y, grad_weight, grad_bias, None, None, None, None
 
 
@@ -283,7 +334,7 @@ def lean_pool_unpool(y: torch.Tensor, pool_size: Sequence[int], skip: bool = Fal
     pool_size = tuple(int(p) for p in pool_size)
     if all(p == 1 for p in pool_size) or not _records_graph(y):
         # nothing to save for backward (inference): the plain ops, without encoding offsets
-        unpooled = y if all(p == 1 for p in pool_size) else _unpool(*_max_pool(y, pool_size), pool_size, y.shape[2:])
+        unpooled = y if all(p == 1 for p in pool_size) else unpool(*max_pool(y, pool_size), pool_size, y.shape[2:])
         return y + unpooled if skip else unpooled
     return _PoolUnpoolFunction.apply(y, pool_size, bool(skip))
 
@@ -305,7 +356,7 @@ def lean_pool_unpool_conv(y: torch.Tensor, weight: torch.Tensor, bias: Optional[
     padding = tuple(int(p) for p in padding)
     if all(p == 1 for p in pool_size) or not _records_graph(y, weight, bias):
         # nothing to save for backward (inference): the plain ops, without encoding offsets
-        unpooled = y if all(p == 1 for p in pool_size) else _unpool(*_max_pool(y, pool_size), pool_size, y.shape[2:])
+        unpooled = y if all(p == 1 for p in pool_size) else unpool(*max_pool(y, pool_size), pool_size, y.shape[2:])
         out = CONV_FUNCTIONS[len(pool_size)](unpooled, weight, bias, 1, padding)
         return y + out if skip else out
     compute_dtype = autocast_dtype(y.device.type)
@@ -316,4 +367,5 @@ def lean_pool_unpool_conv(y: torch.Tensor, weight: torch.Tensor, bias: Optional[
         # are recorded by autograd, so the parameters' gradients come back in their own dtype
         weight = weight.to(compute_dtype) if weight.dtype != torch.float64 else weight
         bias = bias.to(compute_dtype) if bias is not None and bias.dtype != torch.float64 else bias
-    return _PoolUnpoolConvFunction.apply(y, weight, bias, pool_size, padding, compute_dtype, bool(skip))
+    out, _pooled = _PoolUnpoolConvFunction.apply(y, weight, bias, pool_size, padding, compute_dtype, bool(skip))
+    return out

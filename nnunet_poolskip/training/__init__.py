@@ -14,6 +14,7 @@ _TRAINER_MODULES = {  # class name -> module of this package; table order
     "nnUNetTrainerPoolSkip": "poolskip",
     "nnUNetTrainerPoolSkipAMOS": "poolskip",
     "nnUNetTrainerPoolSkipS4": "poolskip",
+    "nnUNetTrainerPoolSkipHostShaped": "poolskip",
     "nnUNetTrainerAblationPoolSkip": "poolskip",
     "nnUNetTrainerAblationConvSkip": "poolskip",
     "nnUNetTrainerAblationPoolConv": "poolskip",

@@ -16,11 +16,16 @@ from nnunet_poolskip.training.base import nnUNetTrainerBaseline
 
 
 class nnUNetTrainerPoolSkip(nnUNetTrainerBaseline):
-    """Pool Skip (pool size 2, ``full`` variant) after every conv of every encoder stage (paper, BTCV)."""
+    """Pool Skip (pool size 2, ``full`` variant) after every conv of every encoder stage (paper, BTCV).
+
+    The inner conv is 3x3x3 and the pool window 2x2x2 in every stage, also where nnU-Net's host conv is
+    1x3x3 (see ``nnUNetTrainerPoolSkipHostShaped`` for the other reading of the paper's 2D "3x3").
+    """
 
     pool_skip_stages: Union[str, Sequence[int]] = "all"
     pool_skip_size: Union[int, Sequence[int]] = 2
     pool_skip_variant: str = "full"
+    pool_skip_host_shaped: bool = False
 
     @classmethod
     def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
@@ -29,8 +34,17 @@ class nnUNetTrainerPoolSkip(nnUNetTrainerBaseline):
         network = super().build_network_architecture(plans_manager, configuration_manager, num_input_channels,
                                                      num_output_channels, enable_deep_supervision)
         inject_pool_skip(network, stages=cls.pool_skip_stages, pool_size=cls.pool_skip_size,
-                         variant=cls.pool_skip_variant)
+                         variant=cls.pool_skip_variant, host_shaped=cls.pool_skip_host_shaped)
         return network
+
+
+class nnUNetTrainerPoolSkipHostShaped(nnUNetTrainerPoolSkip):
+    """Pool Skip shaped like each host conv: the inner conv takes the stage's kernel from the plans
+    (``kernel_sizes``, e.g. 1x3x3 on thick slices) and pools 2 only along the axes where that kernel is
+    larger than 1 (1x2x2 there). Isotropic stages are as in ``nnUNetTrainerPoolSkip``; see
+    :mod:`nnunet_poolskip.nn.inject` for the rule."""
+
+    pool_skip_host_shaped = True
 
 
 class nnUNetTrainerPoolSkipAMOS(nnUNetTrainerPoolSkip):

@@ -1,6 +1,7 @@
 """inject_pool_skip on dynamic-network-architectures' U-Nets: placement, counts, parameters, init, errors."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
@@ -122,10 +123,82 @@ def test_new_convs_use_he_init_with_zero_bias():
     ([6], "out of range"),
     ([-1], "out of range"),
     ([], "selects no encoder stage"),
+    (0, r"a sequence of encoder stage indices .* got 0 \(int\); for one stage write \[0\]"),
+    (None, "a sequence of encoder stage indices"),
+    ([0.7], r"an encoder stage index must be an integer, got 0.7 \(float\)"),
+    ([1, 2.0], r"an encoder stage index must be an integer, got 2.0"),
+    ([True], "an encoder stage index must be an integer, got True"),
+    (["1"], "an encoder stage index must be an integer, got '1'"),
 ])
 def test_bad_stage_selection(stages, message):
     with pytest.raises(ValueError, match=message):
         inject_pool_skip(btcv_like_unet(), stages)
+
+
+def test_all_but_last_on_a_one_stage_network_is_an_error():
+    net = PlainConvUNet(1, 1, [4], nn.Conv2d, 3, [1], [2], 2, [], True, nn.InstanceNorm2d, NORM, None, None,
+                        nn.LeakyReLU, {"inplace": True})
+    with pytest.raises(ValueError, match="'all_but_last' selects no encoder stage: this network has 1 encoder stage"):
+        inject_pool_skip(net, "all_but_last")
+    assert not any(is_pool_skip(m) for m in net.modules())  # nothing half-done
+    assert len(inject_pool_skip(net, "all")) == 2
+
+
+def test_numpy_integers_are_accepted():
+    net = btcv_like_unet()
+    names = inject_pool_skip(net, np.array([0, 2]), pool_size=np.int64(2))
+    assert len(names) == 4
+    mods = [m for m in net.modules() if is_pool_skip(m)]
+    assert all(m.pool_size == (2, 2, 2) for m in mods)
+    assert len(inject_pool_skip(btcv_like_unet(), [np.int64(5)], pool_size=(np.int32(1), 2, 2))) == 2
+
+
+@pytest.mark.parametrize("pool_size, message", [(2.5, "pool_size must be a positive int"), (0, "pool_size must be"),
+                                                ((2, 2), "one entry per spatial axis")])
+def test_bad_pool_size_fails_before_anything_is_inserted(pool_size, message):
+    net = btcv_like_unet()
+    with pytest.raises(ValueError, match=message):
+        inject_pool_skip(net, "all", pool_size=pool_size)
+    assert not any(is_pool_skip(m) for m in net.modules())
+
+
+# --- host_shaped: the inner conv and the pool window follow each host conv ------------------------------------
+
+def test_host_shaped_follows_each_host_kernel():
+    """BTCV's stage 0 convs are 1x3x3: inner conv 1x3x3, pool 1x2x2; the 3x3x3 stages get 3x3x3 and 2x2x2."""
+    base = btcv_like_unet()
+    n_base = sum(p.numel() for p in base.parameters())
+    net = btcv_like_unet()
+    names = inject_pool_skip(net, "all", host_shaped=True)
+    assert len(names) == 12
+    modules = dict(net.named_modules())
+    features = [32, 64, 128, 256, 320, 320]
+    added = 0
+    for name in names:
+        host = modules[name]
+        pool_skip = modules[name.rsplit(".", 1)[0] + ".all_modules.1"]
+        assert is_pool_skip(pool_skip)
+        assert pool_skip.conv.kernel_size == host.kernel_size
+        assert pool_skip.pool_size == tuple(2 if k > 1 else 1 for k in host.kernel_size)
+        added += sum(p.numel() for p in pool_skip.parameters())
+    stage0 = modules["encoder.stages.0.0.convs.0.all_modules.1"]
+    assert stage0.conv.kernel_size == (1, 3, 3) and stage0.pool_size == (1, 2, 2)
+    assert modules["encoder.stages.1.0.convs.0.all_modules.1"].pool_size == (2, 2, 2)
+    # stage 0's two inner convs have 1x3x3 = 9 taps, the other ten 27
+    expected = sum((9 if i < 2 else 27) * c * c + c for i, c in enumerate(c for c in features for _ in range(2)))
+    assert added == expected == sum(p.numel() for p in net.parameters()) - n_base
+    assert net(torch.randn(1, 1, 8, 32, 32))[0].shape == (1, 14, 8, 32, 32)
+
+
+def test_host_shaped_with_per_axis_pool_size_and_on_a_2d_resenc():
+    net = btcv_like_unet()
+    inject_pool_skip(net, [0], pool_size=(4, 2, 3), host_shaped=True)
+    assert net.encoder.stages[0][0].convs[0].all_modules[1].pool_size == (1, 2, 3)
+    resenc = small_resenc(nn.Conv2d, nn.InstanceNorm2d)
+    plain = small_resenc(nn.Conv2d, nn.InstanceNorm2d)
+    assert inject_pool_skip(resenc, "all", host_shaped=True) == inject_pool_skip(plain, "all")
+    shaped = [(m.kernel_size, m.pool_size) for m in resenc.modules() if is_pool_skip(m)]
+    assert set(shaped) == {((3, 3), (2, 2))}  # isotropic hosts: host-shaped is the default reading
 
 
 def test_unsupported_network_and_double_injection():

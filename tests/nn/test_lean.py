@@ -11,14 +11,18 @@ import shutil
 
 import pytest
 import torch
+import torch.nn.utils.parametrizations
+import torch.nn.utils.parametrize
+import torch.nn.utils.prune
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
+import torch.nn.functional as F
 from torch import nn
 
 from nnunet_poolskip.nn.inject import inject_pool_skip
 from nnunet_poolskip.nn.lean_kernels import (decode_offsets, encode_offsets, lean_pool_unpool, lean_pool_unpool_conv,
                                              offset_dtype)
 from nnunet_poolskip.nn.pool_skip import (DEFAULT_IMPLEMENTATION, POOL_SKIP_CLASSES, VARIANTS, PoolSkip3d, is_pool_skip,
-                                          set_implementation)
+                                          max_pool_unpool, set_implementation)
 
 
 def pair(ndim, channels, pool, variant, seed=0):
@@ -265,3 +269,210 @@ def test_inference_mode_equals_reference(variant):
     y = tied((1, 4, 5, 6, 7))
     with torch.inference_mode():
         torch.testing.assert_close(lean(y), reference(y), rtol=0, atol=0)
+
+
+# --- second-order gradients: the lean backward is itself differentiable -------------------------------------------
+
+@pytest.mark.parametrize("variant", ["full", "pool_skip", "pool_conv"])
+@pytest.mark.parametrize("ndim,spatial,pool", [(3, (3, 4, 5), 2), (2, (5, 4), (2, 3)), (1, (7,), 2)])
+def test_hvp_and_jvp_equal_the_reference(ndim, spatial, pool, variant):
+    """torch.autograd.functional's hvp and jvp (both double backward) through lean equal the reference's,
+    w.r.t. the input and w.r.t. the inner conv's parameters (where the cross terms y <-> weight live)."""
+    lean, reference = pair(ndim, 3, pool, variant)
+    lean.double()
+    reference.double()
+    generator = torch.Generator().manual_seed(4)
+    y = torch.randn((2, 3, *spatial), generator=generator, dtype=torch.float64)
+    v = torch.randn(y.shape, generator=generator, dtype=torch.float64)
+    names = [name for name, _ in lean.named_parameters()]
+
+    def results(module):
+        def loss_of_input(y_):
+            return (module(y_) ** 3).sum()
+
+        def loss_of_all(y_, *params):
+            with torch.nn.utils.stateless._reparametrize_module(module, dict(zip(names, params))):
+                return (module(y_) ** 3).sum()
+
+        params = tuple(p.detach() for p in module.parameters())
+        tangents = (v,) + tuple(torch.randn(p.shape, generator=torch.Generator().manual_seed(9), dtype=p.dtype)
+                                for p in params)
+        return (torch.autograd.functional.hvp(loss_of_input, y, v)[1],
+                torch.autograd.functional.jvp(module, y, v)[1],
+                torch.autograd.functional.hvp(loss_of_all, (y, *params), tangents)[1])
+
+    lean_hvp, lean_jvp, lean_full = results(lean)
+    reference_hvp, reference_jvp, reference_full = results(reference)
+    assert reference_hvp.abs().sum() > 0 and reference_jvp.abs().sum() > 0
+    torch.testing.assert_close(lean_hvp, reference_hvp)
+    torch.testing.assert_close(lean_jvp, reference_jvp)
+    assert len(lean_full) == len(reference_full) == 1 + len(names)
+    for l, r in zip(lean_full, reference_full):
+        torch.testing.assert_close(l, r)
+    if variant != "pool_skip":  # the y <-> weight cross terms are there and were compared
+        assert reference_full[0].abs().sum() > 0 and reference_full[1].abs().sum() > 0
+
+
+def test_gradient_penalty_through_lean_equals_reference():
+    """A gradient penalty (create_graph=True, then backward through the gradient) as WGAN-GP trains."""
+    lean, reference = pair(3, 2, 2, "full")
+    y = torch.randn(1, 2, 3, 5, 4, generator=torch.Generator().manual_seed(2))
+    grads = []
+    for module in (lean, reference):
+        y_ = y.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(module(y_).tanh().sum(), y_, create_graph=True)
+        g.square().sum().backward()
+        grads.append([y_.grad] + [p.grad for p in module.parameters()])
+    for g_lean, g_reference in zip(*grads):
+        torch.testing.assert_close(g_lean, g_reference)
+
+
+# --- the inner conv as a module: hooks, pruning, parametrizations ------------------------------------------------
+
+def _prune(module):
+    torch.nn.utils.prune.l1_unstructured(module.conv, "weight", amount=0.5)
+
+
+def _parametrize(module):
+    class Doubled(nn.Module):
+        def forward(self, weight):
+            return 2 * weight
+
+    torch.nn.utils.parametrize.register_parametrization(module.conv, "weight", Doubled())
+
+
+def _weight_norm(module):
+    torch.nn.utils.parametrizations.weight_norm(module.conv)
+    with torch.no_grad():  # a magnitude that differs from the initial weight's norm
+        module.conv.parametrizations.weight.original0.mul_(1.5)
+
+
+def _forward_hook(module):
+    module.conv.register_forward_hook(lambda _m, _inputs, output: output * 3 - 1)
+
+
+def _forward_pre_hook(module):
+    module.conv.register_forward_pre_hook(lambda _m, inputs: (inputs[0] * 0.5,))
+
+
+@pytest.mark.parametrize("variant", ["full", "pool_conv"])
+@pytest.mark.parametrize("modify", [_prune, _parametrize, _weight_norm, _forward_hook, _forward_pre_hook])
+def test_inner_conv_modifications_are_honoured(modify, variant):
+    """Pruning, weight parametrizations and hooks on ``.conv`` act in the lean path as in the reference:
+    same outputs and gradients, also after an optimiser step changes the underlying parameters."""
+    lean, reference = pair(3, 4, 2, variant)
+    modify(lean)
+    modify(reference)
+    reference.load_state_dict(lean.state_dict())
+    y = tied((2, 4, 3, 5, 6))
+    plain = forward_backward(pair(3, 4, 2, variant)[0], y)[0]
+    for step in range(2):
+        lean_result, reference_result = forward_backward(lean, y), forward_backward(reference, y)
+        assert_same(lean_result, reference_result)
+        assert not torch.equal(lean_result[0], plain)  # the modification does change the result
+        with torch.no_grad():  # an optimiser step on the underlying parameters
+            for module in (lean, reference):
+                for p in module.parameters():
+                    p.add_(0.1)
+
+
+def test_a_replaced_inner_conv_is_called():
+    """``.conv`` swapped for a subclass with its own forward (or any module) is what runs, in both paths."""
+    class Doubling(nn.Conv3d):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    lean, reference = pair(3, 4, 2, "full")
+    for module in (lean, reference):
+        state = module.conv.state_dict()
+        module.conv = Doubling(4, 4, 3, padding=1)
+        module.conv.load_state_dict(state)
+    y = tied((1, 4, 3, 5, 6))
+    lean_result = forward_backward(lean, y)
+    assert_same(lean_result, forward_backward(reference, y))
+    with torch.no_grad():  # independent: the branch is twice the plain conv's
+        expected = y + 2 * F.conv3d(max_pool_unpool(y, (2, 2, 2)), lean.conv.weight, lean.conv.bias, padding=1)
+    torch.testing.assert_close(lean_result[0], expected)
+
+
+def test_backward_hook_on_the_inner_conv_is_called():
+    lean, _ = pair(3, 4, 2, "full")
+    seen = []
+    lean.conv.register_full_backward_hook(lambda _m, grad_in, grad_out: seen.append(grad_out[0].shape))
+    lean(torch.randn(1, 4, 3, 4, 5, requires_grad=True)).sum().backward()
+    assert seen == [(1, 4, 3, 4, 5)]
+
+
+def test_global_module_hooks_see_the_inner_conv():
+    lean, _ = pair(3, 4, 2, "full")
+    seen = []
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, _i, _o: seen.append(type(m).__name__))
+    try:
+        lean(torch.randn(1, 4, 3, 4, 5, requires_grad=True))
+    finally:
+        handle.remove()
+    assert seen == ["Conv3d", "PoolSkip3d"]
+
+
+def test_lean_still_saves_little_with_a_parametrized_conv():
+    """A parametrization only changes the weight: the lean kernels still run and save the maxima, the offsets
+    and the computed weight (a tensor of its own now, not a parameter)."""
+    lean, _ = pair(3, 8, 2, "full")
+    _parametrize(lean)
+    y = torch.randn(2, 8, 9, 8, 7)
+    windows = 2 * 8 * 5 * 4 * 4
+    assert saved_bytes(lean, y) == windows * (4 + 1) + lean.conv.weight.numel() * 4
+
+
+# --- the position-code cache under threads -----------------------------------------------------------------------
+
+def test_position_code_cache_is_thread_safe(monkeypatch):
+    """8 threads ask for more grids than the cache holds, so entries are evicted while others read them."""
+    import sys
+    import threading
+
+    from nnunet_poolskip.nn import lean_kernels
+
+    monkeypatch.setattr(lean_kernels, "_CODES_CACHE", {})
+    old_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: races show up at once
+    errors, wrong = [], []
+    grids = [((s, s + 1, 3), (2, 2, 2)) for s in range(1, 41)] + [((s, 5), (3, 2)) for s in range(1, 21)]
+
+    def work(seed):
+        generator = torch.Generator().manual_seed(seed)
+        try:
+            for trial in range(300):
+                spatial, pool = grids[int(torch.randint(len(grids), (1,), generator=generator))]
+                codes = lean_kernels._position_codes(spatial, pool, torch.device("cpu"))
+                # independent: the position of each voxel inside its window, row-major
+                coords = torch.meshgrid(*[torch.arange(s) % k for s, k in zip(spatial, pool)], indexing="ij")
+                expected = sum(c * math.prod(pool[d + 1:]) for d, c in enumerate(coords)).reshape(-1)
+                if not torch.equal(codes.long(), expected):
+                    wrong.append((spatial, pool))
+        except Exception as error:  # noqa: BLE001 - any exception in a thread is the failure we look for
+            errors.append(repr(error))
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(old_interval)
+    assert errors == [] and wrong == []
+    assert len(lean_kernels._CODES_CACHE) <= lean_kernels._CODES_CACHE_SIZE
+
+
+def test_forward_mode_ad_raises_in_lean_and_works_in_reference():
+    """What docs/memory-lean.md says: forward-mode AD is not implemented for the lean functions."""
+    import torch.autograd.forward_ad as forward_ad
+
+    lean, reference = pair(3, 2, 2, "full")
+    y, tangent = torch.randn(1, 2, 3, 4, 5), torch.randn(1, 2, 3, 4, 5)
+    with forward_ad.dual_level():
+        with pytest.raises(NotImplementedError, match="jvp"):
+            lean(forward_ad.make_dual(y, tangent))
+        out = reference(forward_ad.make_dual(y, tangent))
+        assert forward_ad.unpack_dual(out).tangent.abs().sum() > 0

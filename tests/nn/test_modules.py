@@ -146,6 +146,7 @@ def test_inner_conv_and_contract():
     assert module.implementation == DEFAULT_IMPLEMENTATION and DEFAULT_IMPLEMENTATION in IMPLEMENTATIONS
     conv = module.conv
     assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.padding) == (8, 8, (3, 3, 3), (1, 1, 1))
+    assert module.kernel_size == (3, 3, 3)
     assert conv.bias is not None
     assert not hasattr(PoolSkip3d(8, variant="pool_skip"), "conv")
     assert PoolSkip1d(3, 2, 3, "pool_conv").variant == "pool_conv"  # positional arguments as in DESIGN.md
@@ -177,6 +178,12 @@ def test_implementations_share_state_dict_and_switch():
     ({"channels": 4, "pool_size": (2, 2)}, "one entry per spatial axis"),
     ({"channels": 4, "variant": "fulll"}, "unknown variant 'fulll'; choose one of full, pool_skip"),
     ({"channels": 4, "kernel_size": 2}, "kernel_size must be a positive odd int"),
+    ({"channels": 4, "kernel_size": (1, 2, 3)}, "kernel_size must be a positive odd int"),
+    ({"channels": 4, "kernel_size": (1, 3)}, "kernel_size must be a positive odd int or a sequence of 3"),
+    ({"channels": 4, "kernel_size": 3.0}, "kernel_size must be a positive odd int"),
+    ({"channels": 4, "pool_size": 2.5}, "pool_size must be a positive int or a sequence of 3"),
+    ({"channels": 4, "pool_size": (2, 2.5, 2)}, "pool_size must be a positive int or a sequence of 3"),
+    ({"channels": 4, "pool_size": True}, "pool_size must be a positive int"),
     ({"channels": 4, "implementation": "fast"}, "unknown implementation 'fast'; choose one of lean, reference"),
 ])
 def test_bad_arguments_raise_clear_errors(kwargs, message):
@@ -192,3 +199,106 @@ def test_bad_inputs_raise_clear_errors():
         module(torch.randn(1, 4, 4, 4))
     with pytest.raises(ValueError, match="unknown implementation"):
         set_implementation(module, "other")
+
+
+# --- torch.use_deterministic_algorithms(True) ----------------------------------------------------------------
+
+@pytest.fixture
+def deterministic_mode():
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+def _output_and_gradients(module, y, upstream, autocast=False):
+    y = y.detach().clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = module(y)
+    out.backward(upstream.to(out.dtype))
+    result = [out.detach(), y.grad] + [p.grad for p in module.parameters()]
+    module.zero_grad(set_to_none=True)
+    return result
+
+
+DETERMINISTIC_CASES = [(1, (7,), 2), (1, (1,), 3), (2, (5, 3), 2), (2, (1, 1), 2), (2, (7, 4), (2, 3)),
+                       (3, (3, 5, 4), 2), (3, (1, 1, 1), 2), (3, (2, 3, 5), (1, 2, 3)), (3, (4, 6, 8), 2)]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("ndim,spatial,pool", DETERMINISTIC_CASES)
+@pytest.mark.parametrize("autocast", [False, True])
+def test_deterministic_mode_gives_the_reference_numbers(ndim, spatial, pool, variant, implementation, autocast,
+                                                        deterministic_mode):
+    """Forward and backward run under use_deterministic_algorithms(True) (max_unpool*d raises there) and
+    give the numbers (and dtypes) of the reference computed without it, to the bit; also under autocast."""
+    torch.manual_seed(0)
+    module = POOL_SKIP_CLASSES[ndim](3, pool_size=pool, variant=variant, implementation=implementation)
+    reference = POOL_SKIP_CLASSES[ndim](3, pool_size=pool, variant=variant, implementation="reference")
+    reference.load_state_dict(module.state_dict())
+    generator = torch.Generator().manual_seed(1)
+    y = torch.cat([torch.randn((1, 3, *spatial), generator=generator), torch.randint(-3, 4, (1, 3, *spatial),
+                                                                                     generator=generator) / 2.0])
+    upstream = torch.randn(y.shape, generator=generator)
+    deterministic = _output_and_gradients(module, y, upstream, autocast)
+    torch.use_deterministic_algorithms(False)
+    expected = _output_and_gradients(reference, y, upstream, autocast)
+    torch.use_deterministic_algorithms(True)
+    assert len(deterministic) == len(expected)
+    for got, want in zip(deterministic, expected):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert torch.equal(got, want)
+
+
+def test_deterministic_mode_repeats_a_training_step_exactly(deterministic_mode):
+    """Two seeded runs of forward, backward and an SGD step give identical weights."""
+    weights = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), PoolSkip3d(4), torch.nn.ReLU(),
+                                  PoolSkip3d(4, pool_size=(1, 2, 2), kernel_size=(1, 3, 3)))
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+        for _step in range(2):
+            optimizer.zero_grad()
+            net(torch.randn(2, 1, 5, 6, 7)).square().mean().backward()
+            optimizer.step()
+        weights.append([p.detach().clone() for p in net.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights))
+
+
+# --- per-axis kernels (the host-shaped reading of the paper) and integer arguments ---------------------------
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("ndim,spatial,pool,kernel", [
+    (3, (3, 5, 6), (1, 2, 2), (1, 3, 3)), (3, (2, 5, 3), (1, 2, 2), (3, 1, 5)), (2, (5, 4), (1, 2), (1, 3)),
+    (3, (1, 3, 3), (1, 2, 2), (1, 3, 3)),
+])
+def test_per_axis_kernel_and_pool_match_explicit_loops(ndim, spatial, pool, kernel, variant, implementation):
+    torch.manual_seed(0)
+    module = POOL_SKIP_CLASSES[ndim](3, pool_size=pool, kernel_size=kernel, variant=variant,
+                                     implementation=implementation).double()
+    assert module.kernel_size == kernel and module.pool_size == pool
+    if variant != "pool_skip":
+        assert module.conv.kernel_size == kernel and module.conv.padding == tuple(k // 2 for k in kernel)
+        assert module.conv.weight.shape == (3, 3, *kernel)
+    y = torch.randint(-4, 5, (2, 3, *spatial)).double() / 4
+    out = module(y)
+    assert out.shape == y.shape
+    np.testing.assert_allclose(out.detach().numpy(), naive_pool_skip(module, y), rtol=1e-12, atol=1e-12)
+
+
+def test_host_shaped_module_has_the_host_convs_parameter_count():
+    """1x3x3 inner conv: 9 c^2 + c parameters, a third of the 3x3x3 conv's weights."""
+    c = 8
+    assert sum(p.numel() for p in PoolSkip3d(c, (1, 2, 2), (1, 3, 3)).parameters()) == 9 * c * c + c
+    assert sum(p.numel() for p in PoolSkip3d(c).parameters()) == 27 * c * c + c
+
+
+def test_numpy_integers_are_accepted():
+    module = PoolSkip3d(np.int64(4), pool_size=np.int64(2), kernel_size=np.int32(3))
+    assert module.channels == 4 and module.pool_size == (2, 2, 2) and module.kernel_size == (3, 3, 3)
+    assert all(type(v) is int for v in module.pool_size + module.kernel_size)
+    assert PoolSkip2d(2, pool_size=np.array([1, 2])).pool_size == (1, 2)
+    assert PoolSkip2d(2, kernel_size=[np.int64(1), 3]).conv.kernel_size == (1, 3)

@@ -58,13 +58,70 @@ def test_every_pool_skip_trainer_builds_every_configuration(toy_plans, configura
         expected = 2 * (n_stages - 1 if cls.pool_skip_stages == "all_but_last" else n_stages)
         assert len(mods) == expected, name
         assert all(type(m) is module_type and m.variant == cls.pool_skip_variant for m in mods), name
-        assert all(m.pool_size == (cls.pool_skip_size,) * module_type.spatial_dims for m in mods), name
+        if not cls.pool_skip_host_shaped:  # host-shaped windows: test_host_shaped_trainer_follows_the_plans
+            assert all(m.pool_size == (cls.pool_skip_size,) * module_type.spatial_dims for m in mods), name
         patch = toy_plans["configurations"]["3d_fullres" if configuration != "2d" else "2d"]["patch_size"]
         with torch.no_grad():
             out = net.eval()(torch.zeros(1, 1, *patch))
         assert out.shape == (1, 3, *patch)
     assert build(TRAINERS["nnUNetTrainerBaseline"], toy_plans, "3d_fullres") is not None
     assert not pool_skips(build(TRAINERS["nnUNetTrainerBaseline"], toy_plans, "3d_fullres"))
+
+
+def encoder_pool_skips_by_stage(network) -> dict:
+    """{stage index: [Pool Skip modules of that encoder stage]} (ResEnc's stem counts as stage 0)."""
+    stages = {}
+    for name, module in network.named_modules():
+        if is_pool_skip(module):
+            parts = name.split(".")
+            stage = 0 if parts[1] == "stem" else int(parts[2])
+            stages.setdefault(stage, []).append(module)
+    return stages
+
+
+@pytest.mark.parametrize("configuration", ["3d_fullres", "2d"])
+def test_host_shaped_trainer_follows_the_plans(toy_plans, configuration):
+    """nnU-Net planned the toy data (2 mm slices, 1 mm in-plane) with a 1x3x3 stage 0: there the host-shaped
+    Pool Skip has a 1x3x3 inner conv and a 1x2x2 window, the standard one 3x3x3 and 2x2x2."""
+    arch = toy_plans["configurations"][configuration]["architecture"]["arch_kwargs"]
+    kernels = [tuple(k) for k in arch["kernel_sizes"]]
+    if configuration == "3d_fullres":
+        assert kernels[0] == (1, 3, 3) and kernels[1] == (3, 3, 3)  # the plans really are anisotropic
+    shaped = encoder_pool_skips_by_stage(build(TRAINERS["nnUNetTrainerPoolSkipHostShaped"], toy_plans, configuration))
+    standard = encoder_pool_skips_by_stage(build(TRAINERS["nnUNetTrainerPoolSkip"], toy_plans, configuration))
+    assert sorted(shaped) == sorted(standard) == list(range(arch["n_stages"]))
+    for stage, modules in shaped.items():
+        assert len(modules) == arch["n_conv_per_stage"][stage]
+        for module in modules:
+            assert module.conv.kernel_size == kernels[stage]
+            assert module.pool_size == tuple(2 if k > 1 else 1 for k in kernels[stage])
+    for stage, modules in standard.items():
+        assert all(m.conv.kernel_size == (3,) * len(kernels[0]) for m in modules)
+    if configuration == "2d":  # isotropic: both readings build the same modules
+        assert [(m.kernel_size, m.pool_size) for ms in shaped.values() for m in ms] == \
+            [(m.kernel_size, m.pool_size) for ms in standard.values() for m in ms]
+    else:
+        c = arch["features_per_stage"][0]
+        assert sum(p.numel() for p in shaped[0][0].parameters()) == 9 * c * c + c  # as the 1x3x3 host conv
+        assert sum(p.numel() for p in standard[0][0].parameters()) == 27 * c * c + c
+
+
+@pytest.mark.integration
+def test_stock_cli_train_then_predict_host_shaped(toy_workspace, tmp_path):
+    """nnUNetv2_train and nnUNetv2_predict with the host-shaped trainer: the checkpoint holds 1x3x3 inner convs
+    at stage 0, and inference rebuilds the same network from the trainer name."""
+    trainer = "nnUNetTrainerPoolSkipHostShaped"
+    folder = toy_workspace.train(trainer, 0)
+    weights = torch.load(folder / "fold_0" / "checkpoint_final.pth", map_location="cpu",
+                         weights_only=False)["network_weights"]
+    assert weights["encoder.stages.0.0.convs.0.all_modules.1.conv.weight"].shape[-3:] == (1, 3, 3)
+    assert weights["encoder.stages.1.0.convs.0.all_modules.1.conv.weight"].shape[-3:] == (3, 3, 3)
+    out = tmp_path / "pred"
+    run_cli(["nnUNetv2_predict", "-i", str(toy_workspace.raw / "imagesTs"), "-o", str(out), "-d",
+             str(toy_workspace.dataset_id), "-c", "3d_fullres", "-f", "0", "-tr", trainer, "-p", toy_workspace.plans,
+             "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], toy_workspace.env)
+    cases = {p.name.replace("_0000.nii.gz", ".nii.gz") for p in (toy_workspace.raw / "imagesTs").glob("*.nii.gz")}
+    assert cases and {p.name for p in out.glob("*.nii.gz")} == cases
 
 
 def test_resenc_plans(toy_workspace):
