@@ -102,25 +102,29 @@ def averaged_labels(summary: Mapping, metric: str) -> List[str]:
 
 def foreground_text(summaries: Sequence[Mapping], names: Sequence[str]) -> str:
     """"Foreground means over N labels", counting what is averaged: a label without a value in any case (empty in
-    reference and prediction everywhere) has no mean and is left out; then the text says for which model."""
+    reference and prediction everywhere) has no mean and is left out; then the text says which, and for which
+    model when the models differ."""
     labels = summaries[0]["labels"]
     total = len(labels)
-    shortfalls = []
-    for summary, name in zip(summaries, names):
+    descriptions = []
+    for summary in summaries:
         missing = {metric: [k for k in labels if k not in averaged_labels(summary, metric)] for metric, _ in
                    METRIC_COLUMNS}
         if not any(missing.values()):
-            continue
-        if len({tuple(v) for v in missing.values()}) == 1:
+            descriptions.append(None)
+        elif len({tuple(v) for v in missing.values()}) == 1:
             left_out = missing["dice"]
-            shortfalls.append(f"{name} {total - len(left_out)} (no value in any case: "
-                              f"{', '.join(labels[k] for k in left_out)})")
+            descriptions.append(f"{total - len(left_out)} of {total} labels (no value in any case: "
+                                f"{', '.join(labels[k] for k in left_out)})")
         else:
-            shortfalls.append(f"{name} " + ", ".join(f"{METRIC_NAMES[m]} {total - len(v)}" for m, v in missing.items()))
-    if not shortfalls:
+            descriptions.append(", ".join(f"{METRIC_NAMES[m]} {total - len(v)}" for m, v in missing.items())
+                                + f" of {total} labels")
+    if all(d is None for d in descriptions):
         return f"Foreground means over {total} labels"
-    return f"Foreground means over the labels with a value, of {total}: " + "; ".join(shortfalls) + \
-           (f"; the others {total}" if len(shortfalls) < len(summaries) else "")
+    if len(set(descriptions)) == 1:
+        return f"Foreground means over {descriptions[0]}"
+    return "Foreground means over " + "; ".join(f"{name}: {d or f'{total} labels'}"
+                                                for name, d in zip(names, descriptions))
 
 
 def _signed_points(value: float) -> str:
@@ -349,7 +353,8 @@ ORGANS_PER_PANEL = 8
 
 def plot_per_organ_dice(summaries: Sequence[Mapping], names: Sequence[str], path: os.PathLike | str,
                         caveat: Optional[str] = None) -> None:
-    """PNG of per-case Dice (%) per organ, one box per model (cases empty in both left out), saved atomically.
+    """PNG of per-case Dice (%) per organ, one box per model with every case as a dot (cases empty in reference and
+    prediction left out), saved atomically.
 
     At most ``ORGANS_PER_PANEL`` organs per row of panels, so that the figure stays readable 1600 px wide; the
     legend sits under the panels, where it hides nothing."""
@@ -367,11 +372,19 @@ def plot_per_organ_dice(summaries: Sequence[Mapping], names: Sequence[str], path
             positions = np.arange(len(chunk)) + (index - (n_models - 1) / 2) * width
             colour = colours[index % len(colours)]
             boxes = axes.boxplot([d if d else [np.nan] for d in data], positions=positions, widths=width * 0.9,
-                                 patch_artist=True, showfliers=True, manage_ticks=False,
+                                 patch_artist=True, showfliers=False, manage_ticks=False,
                                  medianprops={"color": "black"})  # the default orange vanishes in an orange box
             for box in boxes["boxes"]:
                 box.set_facecolor(colour)
                 box.set_alpha(0.6)
+            # every case as a dot, so that a box of one or two cases still shows its colour and its n
+            jitter = np.random.default_rng(index)
+            for position, values in zip(positions, data):
+                axes.plot(position + jitter.uniform(-0.25, 0.25, len(values)) * width, values, "o", color=colour,
+                          markersize=4, markeredgecolor="black", markeredgewidth=0.4)
+        for position, (key, _) in enumerate(chunk):
+            if all(case["dice"].get(key) is None for summary in summaries for case in summary["per_case"]):
+                axes.text(position, 50, "no values", ha="center", va="center", color="0.4", fontsize=9)
         axes.set_xticks(np.arange(len(chunk)))
         axes.set_xticklabels([organ for _, organ in chunk], rotation=20, ha="right")
         axes.set_xlim(-0.5, ORGANS_PER_PANEL - 0.5 if len(chunks) > 1 else len(chunk) - 0.5)

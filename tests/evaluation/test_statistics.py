@@ -214,13 +214,14 @@ def test_foreground_text_counts_what_is_averaged(tmp_path):
     assert main(["compare", str(a), str(b), "--names", "base", "ours", "-o", str(out)]) == 0
     table = (out / "table3.md").read_text()
     assert "Foreground means over 3 labels" not in table
-    assert "Foreground means over the labels with a value, of 3: ours 2 (no value in any case: pancreas); the " \
-           "others 3" in table
+    assert "Foreground means over base: 3 labels; ours: 2 of 3 labels (no value in any case: pancreas);" in table
     rows = (out / "table3.csv").read_text().splitlines()
     header = rows[0].split(",")
     assert [dict(zip(header, r.split(",")))["foreground_labels"] for r in rows[1:]] == ["3", "2"]
     assert main(["compare", str(a), str(a), "--names", "one", "two", "-o", str(out)]) == 0
     assert "Foreground means over 3 labels;" in (out / "table3.md").read_text()
+    assert main(["compare", str(b), str(b), "--names", "one", "two", "-o", str(out)]) == 0
+    assert "Foreground means over 2 of 3 labels (no value in any case: pancreas);" in (out / "table3.md").read_text()
 
 
 def test_figures_carry_the_caveat_and_stay_readable(tmp_path, monkeypatch, pair):
