@@ -510,7 +510,10 @@ def compare_summaries(paths: Sequence[os.PathLike | str], names: Optional[Sequen
     write_text_atomic(per_organ_markdown(summaries, names, statistics, caveat), outputs["per_organ"])
     write_text_atomic(per_organ_csv(summaries, names, statistics), outputs["per_organ_csv"])
     plot_per_organ_dice(summaries, names, outputs["plot"], caveat)
-    if statistics is not None:
+    if statistics is None:  # a single summary: what an earlier compare into this folder left would contradict it
+        for kind in ONE_MODEL_OUTPUTS:
+            (folder / OUTPUT_FILES[kind]).unlink(missing_ok=True)
+    else:
         write_json_atomic(statistics, outputs["statistics"])
         plot_differences(statistics, summaries[0]["labels"], outputs["differences_plot"], caveat)
     return outputs
