@@ -227,6 +227,13 @@ def _rewrite_label(path: Path, change) -> None:
     sitk.WriteImage(image, str(path), useCompression=True)
 
 
+def _truncate(path: Path, fraction: float = 2 / 3) -> None:
+    """Cut a file to ``fraction`` of its bytes (an interrupted download); SimpleITK still reads it, as zeros."""
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * fraction)])
+    sitk.ReadImage(str(path))  # no error: what makes the converter's own check necessary
+
+
 def _set_value(image):
     array = sitk.GetArrayFromImage(image)
     array[0, 0, 0] = 14
@@ -247,6 +254,8 @@ BTCV_CORRUPTIONS = {
     "img0005: image/label direction differs": lambda s: _rewrite_label(
         s / "RawData/Training/label/label0005.nii.gz",
         lambda im: im.SetDirection([-d for d in im.GetDirection()[:3]] + list(im.GetDirection()[3:]))),
+    "img0004: .*label0004.nii.gz is truncated": lambda s: _truncate(s / "RawData/Training/label/label0004.nii.gz"),
+    "img0008: .*img0008.nii.gz is truncated": lambda s: _truncate(s / "RawData/Training/img/img0008.nii.gz", 0.9),
     "img0003: label values \\{14\\} outside the label table 0..13": lambda s: _rewrite_label(
         s / "RawData/Training/label/label0003.nii.gz", _set_value),
     "duplicate case img0002 in BTCV Training/img": lambda s: sitk.WriteImage(

@@ -198,6 +198,22 @@ def test_bad_prediction_names_the_case(tmp_path, capsys, kind):
     assert not (tmp_path / "s.json").exists()
 
 
+@pytest.mark.parametrize("role, kept", [("pred", 1 / 2), ("gt", 3 / 4)])
+def test_truncated_file_is_refused_before_any_metric(tmp_path, capsys, role, kept):
+    """SimpleITK reads a truncated .nii.gz as zeros: without the check, the case would be scored on them."""
+    random_cases(tmp_path)
+    target = tmp_path / role / "b.nii.gz"
+    data = target.read_bytes()
+    target.write_bytes(data[:int(len(data) * kept)])  # the small reference: keep its header readable
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(target))).shape == (10, 14, 16)  # read without complaint
+    out, table = tmp_path / "s.json", tmp_path / "s.csv"
+    code, captured = evaluate([tmp_path / "gt", tmp_path / "pred", "--labels", "1", "2", "3", "-o", out,
+                               "--csv", table], capsys)
+    assert code == 2
+    assert f"case b: {target} is truncated" in captured.err
+    assert not out.exists() and not table.exists()
+
+
 def test_label_outside_label_set_in_reference(tmp_path, capsys):
     random_cases(tmp_path)
     code, captured = evaluate([tmp_path / "gt", tmp_path / "pred", "--labels", "1", "2", "-o", tmp_path / "s.json"],
