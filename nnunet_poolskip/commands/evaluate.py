@@ -22,8 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nsd-tolerances", metavar="FILE_OR_PRESET",
                         help="per-label NSD tolerances: a shipped preset (flare22) or a JSON file mapping label "
                              "values or organ names to mm")
-    parser.add_argument("-o", "--output", required=True, help="summary.json to write")
-    parser.add_argument("--csv", help="also write the per-case metrics as CSV (case,label,name,dice,nsd,iou)")
+    parser.add_argument("-o", "--output", required=True, help="summary.json to write (missing folders are created)")
+    parser.add_argument("--csv", help="also write the per-case metrics as CSV (case,label,name,dice,nsd,iou; missing "
+                                      "folders are created)")
     parser.add_argument("--allow-missing", action="store_true",
                         help="evaluate the cases that have predictions; the summary lists the missing ones and "
                              "says complete: false")
@@ -40,9 +41,12 @@ def run(args: argparse.Namespace) -> int:
     from nnunet_poolskip.evaluation.evaluate_predictions import (EvaluationInputError, evaluate_folders,
                                                                  labels_from_dataset_json, write_case_csv)
     from nnunet_poolskip.evaluation.nsd_tolerances import DEFAULT_TOLERANCE_MM, resolve_tolerances
-    from nnunet_poolskip.utilities.atomic import write_json_atomic
+    from nnunet_poolskip.utilities.atomic import check_output_path, write_json_atomic
 
     try:
+        check_output_path(args.output, "-o/--output")
+        if args.csv:
+            check_output_path(args.csv, "--csv")
         file_ending = args.file_ending
         if args.dataset_json:
             labels = labels_from_dataset_json(args.dataset_json)

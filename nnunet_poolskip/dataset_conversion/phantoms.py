@@ -36,7 +36,7 @@ from nnunet_poolskip.dataset_conversion.layouts import (AMOS_MRI_MIN_NUMBER, BTC
                                                         BTCV_TESTING_IMAGES, BTCV_TRAINING_IMAGES, BTCV_TRAINING_LABELS,
                                                         BTCV_TRAINING_NUMBERS, amos_case_id, amos_modality,
                                                         btcv_image_name, btcv_label_name)
-from nnunet_poolskip.utilities.atomic import replace_directory
+from nnunet_poolskip.utilities.atomic import check_output_path, replace_directory
 
 DEFAULT_SIZE = (40, 64, 64)  # nominal voxel grid (z, y, x); actual sizes vary by about +-10 % per case
 DEFAULT_CASES = {"btcv": 30, "amos": 24}
@@ -453,10 +453,9 @@ def _amos_dataset_json(training: List[int], validation: List[int], test: List[in
 
 
 def _check_output_folder(out_dir: Path, kind: str, overwrite: bool) -> None:
+    check_output_path(out_dir, "-o", folder=True)  # an OutputPathError is a ValueError
     if not out_dir.exists():
         return
-    if not out_dir.is_dir():
-        raise ValueError(f"-o {out_dir} exists and is not a folder")
     entries = {p.name for p in out_dir.iterdir()}
     if not entries:
         return

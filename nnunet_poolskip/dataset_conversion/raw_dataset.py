@@ -16,21 +16,30 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional
 
 from nnunet_poolskip.dataset_conversion.checks import ConversionError, SourceCase, check_unique_ids, validate_cases
 from nnunet_poolskip.dataset_conversion.splits import load_split_file, split_cases
-from nnunet_poolskip.utilities.atomic import replace_directory
+from nnunet_poolskip.utilities.atomic import OutputPathError, check_output_path, replace_directory
 
 RECORD_NAME = "nnunet_poolskip_conversion.json"
 SPLITS_NAME = "splits_final.json"
 
 
 def resolve_raw_root(output_root: Optional[str]) -> Path:
-    """The nnU-Net raw folder to write into: ``output_root`` if given, else ``$nnUNet_raw``."""
+    """The nnU-Net raw folder to write into: ``output_root`` if given, else ``$nnUNet_raw``.
+
+    Raises:
+        ConversionError: neither is given, or the folder could not be written (a file in the way, no
+            permission); checked before any input is read.
+    """
     if output_root:
-        return Path(output_root).expanduser().resolve()
-    value = os.environ.get("nnUNet_raw")
-    if not value:
-        raise ConversionError("nnUNet_raw is not set: export nnUNet_raw=/path/to/nnUNet_raw (nnU-Net's raw data "
-                              "folder) or pass -o/--output-root")
-    return Path(value).expanduser().resolve()
+        option, value = "-o/--output-root", output_root
+    else:
+        option, value = "$nnUNet_raw", os.environ.get("nnUNet_raw")
+        if not value:
+            raise ConversionError("nnUNet_raw is not set: export nnUNet_raw=/path/to/nnUNet_raw (nnU-Net's raw data "
+                                  "folder) or pass -o/--output-root")
+    try:
+        return check_output_path(Path(value).expanduser().resolve(), option, folder=True)
+    except OutputPathError as error:
+        raise ConversionError(str(error)) from None
 
 
 def dataset_folder_name(dataset_id: int, name: str) -> str:

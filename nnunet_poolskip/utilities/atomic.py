@@ -1,7 +1,8 @@
 """Atomic file and folder writes: write under a hidden temporary name beside the target, then rename.
 
 A reader (or a resumed run) therefore sees either the old complete file or the new complete file,
-never a half-written one, and a crash leaves at most a hidden ``.tmp`` file behind.
+never a half-written one, and a crash leaves at most a hidden ``.tmp`` file behind. Missing parent folders are
+created; :func:`check_output_path` refuses, before any work, an output path that could not be written.
 """
 from __future__ import annotations
 
@@ -21,10 +22,49 @@ def temporary_sibling(path: PathLike) -> Path:
     return path.with_name(f".tmp{os.getpid()}_{path.name}")
 
 
+class OutputPathError(ValueError):
+    """An output path that cannot be written; the message names the option and the path."""
+
+
+def check_output_path(path: PathLike, option: str, folder: bool = False) -> Path:
+    """Refuse an output path that could not be written, so that a command fails before its work, not after.
+
+    Folders missing on the way are fine (the writers here create them); refused are a file where a folder is
+    needed (``path`` itself when ``folder``, or any folder on the way), a folder where a file is needed, and a
+    folder this user may not write in. Nothing is created.
+
+    Args:
+        path: the file (or, with ``folder``, the folder) a command will write.
+        option: the command-line option that named it, for the message (``-o/--output``, ``--csv``).
+        folder: ``path`` is a folder to write into rather than a file.
+
+    Returns:
+        ``Path(path)``.
+
+    Raises:
+        OutputPathError: naming ``option``, ``path`` and what is in the way.
+    """
+    path = Path(path)
+    if path.exists() and folder != path.is_dir():
+        what = "is a file, not a folder" if folder else "is a folder; give a file name"
+        raise OutputPathError(f"{option} {path} {what}")
+    existing = path if folder else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputPathError(f"{option} {path} cannot be written: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{option} {path} cannot be written: no permission to write in {existing}")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path to write to; on success it is renamed to ``path``, on error removed."""
+    """Yield a temporary path to write to; on success it is renamed to ``path``, on error removed.
+
+    ``path``'s folder is created when missing."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(path)
     try:
         yield tmp

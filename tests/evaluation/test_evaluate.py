@@ -214,6 +214,19 @@ def test_truncated_file_is_refused_before_any_metric(tmp_path, capsys, role, kep
     assert not out.exists() and not table.exists()
 
 
+def test_missing_output_folders_are_created(tmp_path, capsys):
+    random_cases(tmp_path)
+    out, table = tmp_path / "new" / "deeper" / "summary.json", tmp_path / "other" / "cases.csv"
+    code, captured = evaluate([tmp_path / "gt", tmp_path / "pred", "--labels", "1", "2", "3", "-o", out,
+                               "--csv", table], capsys)
+    assert code == 0 and f"wrote {out}" in captured.out
+    assert json.loads(out.read_text())["n_cases"] == 3
+    with open(table, newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 3 * 3  # cases x labels
+    code, captured = evaluate([tmp_path / "gt", tmp_path / "pred", "--labels", "1", "-o", tmp_path / "new"], capsys)
+    assert code == 2 and f"-o/--output {tmp_path / 'new'} is a folder" in captured.err
+
+
 def test_label_outside_label_set_in_reference(tmp_path, capsys):
     random_cases(tmp_path)
     code, captured = evaluate([tmp_path / "gt", tmp_path / "pred", "--labels", "1", "2", "-o", tmp_path / "s.json"],
