@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from nnunet_poolskip.dataset_conversion.labels import download_name_aliases
     from nnunet_poolskip.evaluation.evaluate_predictions import (EvaluationInputError, evaluate_folders,
                                                                  labels_from_dataset_json, write_case_csv)
     from nnunet_poolskip.evaluation.nsd_tolerances import DEFAULT_TOLERANCE_MM, resolve_tolerances
@@ -56,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
                 raise EvaluationInputError(f"--labels must be foreground values > 0, got {args.labels}")
             labels = {v: str(v) for v in sorted(set(args.labels))}
         default_mm = DEFAULT_TOLERANCE_MM if args.nsd_tolerance is None else args.nsd_tolerance
-        tolerances, notes = resolve_tolerances(labels, default_mm, args.nsd_tolerances)
+        # organ names as the AMOS download's own dataset.json spells them ("arota") match the tables too
+        tolerances, notes = resolve_tolerances(labels, default_mm, args.nsd_tolerances, download_name_aliases())
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
         summary = evaluate_folders(args.reference_folder, args.prediction_folder, labels, tolerances,

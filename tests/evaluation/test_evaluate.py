@@ -167,6 +167,26 @@ def test_tolerance_tables(tmp_path, capsys):
         assert json.loads(out.read_text())["nsd_tolerance_mm"] == expected
 
 
+def test_flare22_matches_the_amos_downloads_own_spellings(tmp_path, capsys):
+    """AMOS 2022's dataset.json (Decathlon style) spells the aorta "arota"; FLARE22 gives the aorta 2 mm."""
+    random_cases(tmp_path)
+    amos = {"0": "background", "1": "spleen", "2": "right kidney", "3": "left kidney", "4": "gall bladder",
+            "5": "esophagus", "6": "liver", "7": "stomach", "8": "arota", "9": "postcava", "10": "pancreas",
+            "11": "right adrenal gland", "12": "left adrenal gland", "13": "duodenum", "14": "bladder",
+            "15": "prostate/uterus"}
+    out = tmp_path / "s.json"
+    code, captured = evaluate([tmp_path / "gt", tmp_path / "pred", "--dataset-json",
+                               write_dataset_json(tmp_path / "amos.json", amos), "--nsd-tolerances", "flare22",
+                               "-o", out], capsys)
+    assert code == 0
+    # FLARE22 (DESIGN.md): liver 5, kidneys 3, spleen 3, pancreas 5, aorta 2, IVC 2, adrenal glands 2,
+    # gallbladder 2, esophagus 3, stomach 5, duodenum 7; bladder and prostate/uterus get the 1 mm default
+    expected = {1: 3.0, 2: 3.0, 3: 3.0, 4: 2.0, 5: 3.0, 6: 5.0, 7: 5.0, 8: 2.0, 9: 2.0, 10: 5.0, 11: 2.0, 12: 2.0,
+                13: 7.0, 14: 1.0, 15: 1.0}
+    assert json.loads(out.read_text())["nsd_tolerance_mm"] == {str(k): v for k, v in expected.items()}
+    assert "does not cover labels 14 (bladder), 15 (prostate/uterus)" in captured.err
+
+
 def _change(tmp_path, kind):
     """Make prediction b differ from its reference in one way; return the expected message fragment."""
     ref = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "gt" / "b.nii.gz")))
