@@ -40,7 +40,8 @@ class Preparation:
         existing = target.raw_folder(self.ws)
         if existing is not None and (existing / "dataset.json").is_file():
             note = self.check_existing_conversion(existing)
-            self.steps.skip("convert", f"convert to {existing.name}", "already converted" + (f"; {note}" if note else ""))
+            self.steps.skip("convert", f"convert to {existing.name}",
+                            "already converted" + (f"; {note}" if note else ""))
         else:  # the runner's preflight made sure there is a source
             source = config.raw_source if config.raw_source is not None else self.ensure_synthetic_raw()
             argv = [executable("nnunet-poolskip"), DATASET_KINDS[target.kind].converter, str(source),
@@ -100,9 +101,9 @@ class Preparation:
         if differences:
             raise BenchmarkError(
                 f"{folder} was converted with other settings than this run asks for: {'; '.join(differences)}. "
-                f"Use another --dataset-id (or --work) for this run, or convert again into this id with "
-                f"`nnunet-poolskip {DATASET_KINDS[self.config.target.kind].converter} ... --overwrite` (the "
-                f"preprocessed data and trained folds of the old conversion then no longer fit)")
+                f"Use another --dataset-id (or --work) for this run, or replace that conversion with "
+                f"`nnunet-poolskip {DATASET_KINDS[self.config.target.kind].converter} ... --overwrite` (its "
+                f"preprocessed data and trained models are then stale)")
         return None
 
     def synthetic_raw_folder(self) -> Path:

@@ -55,7 +55,6 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from nnunet_poolskip.diagnostics.model_folder import DiagnoseInputError, resolve_model
-
     from nnunet_poolskip.utilities.atomic import OutputPathError, check_output_path
 
     try:

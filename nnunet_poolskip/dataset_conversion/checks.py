@@ -3,7 +3,8 @@
 Layout and pairing first (cheap), then per case the image and label headers (3D, one component, same shape,
 spacing, origin, direction, within ``nnunet_poolskip.utilities.geometry``'s tolerances), that both files are
 complete (``nnunet_poolskip.utilities.image_integrity``: SimpleITK would read a truncated ``.nii.gz`` as zeros)
-and the label values (within the label table). Every failure raises :class:`ConversionError` naming the case, file or argument.
+and the label values (within the label table). Every failure raises :class:`ConversionError` naming the case,
+file or argument.
 """
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 Input checks (:mod:`nnunet_poolskip.dataset_conversion.checks`) run before anything is written. Output goes to
 a hidden temporary folder beside the target, renamed into place at the end, so a failure leaves nothing
-half-written; the temporary folder of a conversion that was killed is removed by the next one. A record of the conversion (``nnunet_poolskip_conversion.json``) makes a rerun with the same
-settings a no-op.
+half-written; the temporary folder of a conversion that was killed is removed by the next one. A record of the
+conversion (``nnunet_poolskip_conversion.json``) makes a rerun with the same settings a no-op.
 """
 from __future__ import annotations
 
