@@ -2,7 +2,8 @@
 average of the folds) on the held-out test set -> ``evaluate`` -> ``compare`` -> table.md.
 
 Predictions are remade when they come from other folds, other test-time settings or older checkpoints, and
-summaries when their predictions are newer; nothing stale is mixed with new results.
+summaries when their predictions are newer or they were computed with other NSD tolerances than
+``--nsd-tolerances`` now gives; nothing stale is mixed with new results.
 """
 from __future__ import annotations
 
@@ -97,21 +98,46 @@ class Finish:
     def summary_file(self, model: Model) -> Path:
         return self.config.output / "summaries" / f"{model.name}.json"
 
+    def requested_tolerances(self) -> Dict[str, float]:
+        """NSD tolerance (mm) per label value, as ``evaluate`` resolves this run's ``--nsd-tolerances`` for the
+        data set (the same resolution as the evaluate command: its default, its AMOS spellings)."""
+        from nnunet_poolskip.dataset_conversion.labels import download_name_aliases
+        from nnunet_poolskip.evaluation.evaluate_predictions import labels_from_dataset_json
+        from nnunet_poolskip.evaluation.nsd_tolerances import DEFAULT_TOLERANCE_MM, resolve_tolerances
+
+        labels = labels_from_dataset_json(self.config.raw_folder() / "dataset.json")
+        try:
+            tolerances, _ = resolve_tolerances(labels, DEFAULT_TOLERANCE_MM, self.config.nsd_tolerances,
+                                               download_name_aliases())
+        except (ValueError, FileNotFoundError) as error:
+            raise BenchmarkError(f"--nsd-tolerances: {error}") from None
+        return {str(label): mm for label, mm in tolerances.items()}
+
+    def _summary_tolerances(self, summary: Path):
+        """The NSD tolerances an existing summary was computed with (None: unreadable)."""
+        try:
+            return json.loads(summary.read_text()).get("nsd_tolerance_mm")
+        except (json.JSONDecodeError, OSError, AttributeError):
+            return None
+
     def evaluate(self, model: Model, predictions: Path) -> Path:
         summary = self.summary_file(model)
         raw = self.config.raw_folder()
         step = f"evaluate/{model.name}"
         newest = max(p.stat().st_mtime for p in predictions.iterdir())
+        title = f"evaluate {model.name} (Dice, NSD, IoU)"
         if summary.is_file() and summary.stat().st_mtime >= newest:
-            self.steps.skip(step, f"evaluate {model.name}", f"{summary} exists")
-            return summary
+            if self._summary_tolerances(summary) == self.requested_tolerances():
+                self.steps.skip(step, f"evaluate {model.name}", f"{summary} exists")
+                return summary
+            title += f"; {summary.name} was computed with other NSD tolerances"
         summary.parent.mkdir(parents=True, exist_ok=True)
         argv = [executable("nnunet-poolskip"), "evaluate", str(raw / "labelsTs"), str(predictions),
                 "--dataset-json", str(raw / "dataset.json"), "-o", str(summary),
                 "-np", str(self.config.evaluate_processes), "--no-progress"]
         if self.config.nsd_tolerances:
             argv += ["--nsd-tolerances", self.config.nsd_tolerances]
-        self.steps.run(step, f"evaluate {model.name} (Dice, NSD, IoU)", argv)
+        self.steps.run(step, title, argv)
         return summary
 
     def compare(self, models: List[Model], summaries: List[Path], incomplete: Dict[str, List[str]]) -> None:

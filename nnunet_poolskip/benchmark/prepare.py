@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Dict, Optional
 
 from nnunet_poolskip.benchmark.config import BenchmarkConfig, BenchmarkError
 from nnunet_poolskip.benchmark.protocol import CONFIGURATION, DATASET_KINDS, DEFAULT_PLANS
-from nnunet_poolskip.benchmark.runinfo import plans_summary
+from nnunet_poolskip.benchmark.runinfo import file_sha256, plans_summary
 from nnunet_poolskip.benchmark.steps import Steps
 from nnunet_poolskip.benchmark.workspace import case_ids, executable
 
@@ -38,7 +39,9 @@ class Preparation:
         target, config = self.config.target, self.config
         existing = target.raw_folder(self.ws)
         if existing is not None and (existing / "dataset.json").is_file():
-            self.steps.skip("convert", f"convert to {existing.name}", "already converted")
+            note = self.check_existing_conversion(existing)
+            self.steps.skip("convert", f"convert to {existing.name}",
+                            "already converted" + (f"; {note}" if note else ""))
         else:  # the runner's preflight made sure there is a source
             source = config.raw_source if config.raw_source is not None else self.ensure_synthetic_raw()
             argv = [executable("nnunet-poolskip"), DATASET_KINDS[target.kind].converter, str(source),
@@ -49,6 +52,59 @@ class Preparation:
                 argv += ["--modality", config.modality]
             self.steps.run("convert", f"convert {source} -> nnUNet_raw (dataset {target.dataset_id})", argv)
         self.check_test_set()
+
+    def requested_conversion(self) -> Dict[str, str]:
+        """The conversion settings this run asks for, as the converter records them (``settings`` of
+        nnunet_poolskip_conversion.json): converter, source (when known), split file digest, AMOS modality."""
+        from nnunet_poolskip.dataset_conversion.amos import DEFAULT_MODALITY
+        from nnunet_poolskip.dataset_conversion.splits import shipped_split_file
+
+        config, kind = self.config, self.config.target.kind
+        split_file = config.split_file or shipped_split_file(kind)
+        requested = {"command": DATASET_KINDS[kind].converter, "split_file_sha256": file_sha256(split_file)}
+        source = config.raw_source or (self.synthetic_raw_folder() if config.synthetic else None)
+        if source is not None:
+            requested["source"] = str(Path(source).resolve())
+        if kind == "amos":
+            requested["modality"] = config.modality or DEFAULT_MODALITY
+        return requested
+
+    def check_existing_conversion(self, folder: Path) -> Optional[str]:
+        """Refuse a converted data set (found by its id alone) that was made with other settings than this run
+        asks for: another split file, AMOS modality, converter or source. A data set of another origin (no
+        conversion record) cannot be compared: the returned note says so (None otherwise).
+
+        Raises:
+            BenchmarkError: naming each setting, as recorded and as requested.
+        """
+        from nnunet_poolskip.dataset_conversion.raw_dataset import RECORD_NAME
+
+        if self.config.target.kind not in DATASET_KINDS:
+            return None
+        record_file = folder / RECORD_NAME
+        if not record_file.is_file():
+            return f"{folder.name} has no {RECORD_NAME}: its split and modality cannot be checked against this run's"
+        try:
+            record = json.loads(record_file.read_text())
+            recorded = record["settings"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise BenchmarkError(f"{record_file} is unreadable: cannot tell how {folder} was converted") from None
+        split = self.config.split_file or "the shipped split"
+        differences = []
+        for key, wanted in self.requested_conversion().items():
+            if recorded.get(key) != wanted:
+                if key == "split_file_sha256":
+                    differences.append(f"split file {record.get('split_file')} (sha256 {str(recorded.get(key))[:12]}) "
+                                       f"there, {split} (sha256 {wanted[:12]}) here")
+                else:
+                    differences.append(f"{key} {recorded.get(key)!r} there, {wanted!r} here")
+        if differences:
+            raise BenchmarkError(
+                f"{folder} was converted with other settings than this run asks for: {'; '.join(differences)}. "
+                f"Use another --dataset-id (or --work) for this run, or replace that conversion with "
+                f"`nnunet-poolskip {DATASET_KINDS[self.config.target.kind].converter} ... --overwrite` (its "
+                f"preprocessed data and trained models are then stale)")
+        return None
 
     def synthetic_raw_folder(self) -> Path:
         return self.config.output / f"synthetic_{self.config.target.kind}_raw"

@@ -105,7 +105,12 @@ class RunRecord:
         write_json_atomic(self.data, self.path)
 
     def begin_invocation(self, argv: List[str], fields: Dict) -> None:
-        """Record a new invocation and refresh versions, machine and the given top-level fields."""
+        """Record a new invocation and refresh versions, machine and the given top-level fields.
+
+        ``dataset`` is updated rather than replaced: the facts only the prepare stage records (folder name, test
+        cases, number of train+val cases) stay until it records them again, so that an invocation of a later
+        stage alone (``--stage finish``, as the SLURM jobs run) still reports them.
+        """
         self._started = time.time()
         # an earlier invocation that left "running" behind was killed: say so rather than leave it open
         for invocation in self.data["invocations"]:
@@ -118,7 +123,10 @@ class RunRecord:
                     record["attempts"][-1]["exit_code"] = "killed"
         self.data["invocations"].append({"argv": list(argv), "started": now_iso(), "finished": None,
                                          "status": "running"})
+        earlier_dataset = self.data.get("dataset", {})
         self.data.update(fields)
+        if "dataset" in fields:
+            self.data["dataset"] = {**earlier_dataset, **fields["dataset"]}
         self.data["versions"] = package_versions()
         self.data["machine"] = machine_info()
         self.data["status"] = "running"

@@ -115,6 +115,7 @@ class BenchmarkRunner:
             raise BenchmarkError(f"--split-file {config.split_file} does not exist")
         converted = target.raw_folder(self.ws)
         if converted is not None and (converted / "dataset.json").is_file():
+            self.preparation.check_existing_conversion(converted)  # before any stage relies on it
             return
         if target.kind == "custom":
             raise BenchmarkError(f"data set {target.label} not found in nnUNet_raw ({self.ws.raw}); convert it "

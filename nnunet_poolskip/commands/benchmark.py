@@ -149,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     from nnunet_poolskip.benchmark.protocol import check_trainers_available
     from nnunet_poolskip.benchmark.runner import BenchmarkRunner
     from nnunet_poolskip.training import TRAINERS
+    from nnunet_poolskip.utilities.atomic import check_output_path
 
     prefix = "nnunet-poolskip benchmark: error:"
     try:
@@ -165,7 +166,11 @@ def run(args: argparse.Namespace) -> int:
             kind, folder = args.emit
             if kind != "slurm":
                 raise ValueError(f"--emit supports slurm only, got {kind!r}")
+            check_output_path(folder, "--emit slurm", folder=True)
             return _emit_slurm(config, folder, args.sbatch)
+        check_output_path(config.output, "--output", folder=True)
+        for option, path in config.workspace.variables().items():
+            check_output_path(path, "--work" if args.work else option, folder=True)
         if args.sbatch:
             raise ValueError("--sbatch applies to --emit slurm only")
         runner = BenchmarkRunner(config)

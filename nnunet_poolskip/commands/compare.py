@@ -26,10 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from nnunet_poolskip.evaluation.comparison_tables import CompareInputError, compare_summaries
+    from nnunet_poolskip.utilities.atomic import OutputPathError, check_output_path
 
     try:
+        check_output_path(args.output, "-o/--output", folder=True)
         outputs = compare_summaries(args.summaries, args.names, args.output, args.title, args.caveat)
-    except CompareInputError as error:
+    except (CompareInputError, OutputPathError) as error:
         print(f"nnunet-poolskip compare: error: {error}", file=sys.stderr)
         return 2
     print(outputs["table"].read_text())

@@ -10,11 +10,12 @@ HELP = ("convert the AMOS 2022 download (imagesTr/Va, labelsTr/Va) to nnU-Net's 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from nnunet_poolskip.commands._convert_common import add_common_arguments
+    from nnunet_poolskip.dataset_conversion.amos import DEFAULT_MODALITY, MODALITIES
 
     parser.add_argument("source", metavar="SRC", help="the AMOS 2022 folder (dataset.json, imagesTr, labelsTr, "
                                                       "imagesVa, labelsVa)")
     add_common_arguments(parser, default_id=218, kind="amos")
-    parser.add_argument("--modality", choices=("all", "ct", "mri"), default="all",
+    parser.add_argument("--modality", choices=MODALITIES, default=DEFAULT_MODALITY,
                         help="all: CT and MRI (Dataset..._AMOS, z-score normalisation as nnU-Net's AMOS task 2); "
                              "ct: ids <= 500 (..._AMOS_CT, CT normalisation); mri: ids > 500 (..._AMOS_MRI)")
 

@@ -55,8 +55,10 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from nnunet_poolskip.diagnostics.model_folder import DiagnoseInputError, resolve_model
+    from nnunet_poolskip.utilities.atomic import OutputPathError, check_output_path
 
     try:
+        output = check_output_path(args.output, "-o/--output", folder=True)
         specs = [resolve_model(folder, args.fold, args.checkpoint) for folder in [args.model_folder, *args.compare]]
         if args.data is not None and not Path(args.data).is_dir():
             raise DiagnoseInputError(f"--data folder {args.data} does not exist")
@@ -64,11 +66,8 @@ def run(args: argparse.Namespace) -> int:
             raise DiagnoseInputError(f"--near-zero-factor must be >= 0, got {args.near_zero_factor}")
         if args.num_cases < 1 and not args.weights_only:
             raise DiagnoseInputError(f"--num-cases must be >= 1, got {args.num_cases}")
-        output = Path(args.output)
-        if output.exists() and not output.is_dir():
-            raise DiagnoseInputError(f"output {output} exists and is not a folder")
         return _run(args, specs, output)
-    except DiagnoseInputError as error:
+    except (DiagnoseInputError, OutputPathError) as error:
         print(f"nnunet-poolskip diagnose: error: {error}", file=sys.stderr)
         return 2
 

@@ -22,8 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nsd-tolerances", metavar="FILE_OR_PRESET",
                         help="per-label NSD tolerances: a shipped preset (flare22) or a JSON file mapping label "
                              "values or organ names to mm")
-    parser.add_argument("-o", "--output", required=True, help="summary.json to write")
-    parser.add_argument("--csv", help="also write the per-case metrics as CSV (case,label,name,dice,nsd,iou)")
+    parser.add_argument("-o", "--output", required=True, help="summary.json to write (missing folders are created)")
+    parser.add_argument("--csv", help="also write the per-case metrics as CSV (case,label,name,dice,nsd,iou; missing "
+                                      "folders are created)")
     parser.add_argument("--allow-missing", action="store_true",
                         help="evaluate the cases that have predictions; the summary lists the missing ones and "
                              "says complete: false")
@@ -37,12 +38,16 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from nnunet_poolskip.dataset_conversion.labels import download_name_aliases
     from nnunet_poolskip.evaluation.evaluate_predictions import (EvaluationInputError, evaluate_folders,
                                                                  labels_from_dataset_json, write_case_csv)
     from nnunet_poolskip.evaluation.nsd_tolerances import DEFAULT_TOLERANCE_MM, resolve_tolerances
-    from nnunet_poolskip.utilities.atomic import write_json_atomic
+    from nnunet_poolskip.utilities.atomic import check_output_path, write_json_atomic
 
     try:
+        check_output_path(args.output, "-o/--output")
+        if args.csv:
+            check_output_path(args.csv, "--csv")
         file_ending = args.file_ending
         if args.dataset_json:
             labels = labels_from_dataset_json(args.dataset_json)
@@ -52,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
                 raise EvaluationInputError(f"--labels must be foreground values > 0, got {args.labels}")
             labels = {v: str(v) for v in sorted(set(args.labels))}
         default_mm = DEFAULT_TOLERANCE_MM if args.nsd_tolerance is None else args.nsd_tolerance
-        tolerances, notes = resolve_tolerances(labels, default_mm, args.nsd_tolerances)
+        # organ names as the AMOS download's own dataset.json spells them ("arota") match the tables too
+        tolerances, notes = resolve_tolerances(labels, default_mm, args.nsd_tolerances, download_name_aliases())
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
         summary = evaluate_folders(args.reference_folder, args.prediction_folder, labels, tolerances,

@@ -27,6 +27,7 @@ from nnunet_poolskip.dataset_conversion.raw_dataset import (ConversionResult, co
 DEFAULT_DATASET_ID = 218
 SPLIT_DATASET = "AMOS2022"
 MODALITIES = ("all", "ct", "mri")
+DEFAULT_MODALITY = "all"  # the paper pools CT and MRI
 DATASET_NAMES = {"all": "AMOS", "ct": "AMOS_CT", "mri": "AMOS_MRI"}
 # nnU-Net picks the normalisation from the channel name: "CT" -> CTNormalization (clipping to the data set's
 # foreground percentiles, then its mean/std), anything unknown -> per-image z-score. "either_CT_or_MR" is the
@@ -130,8 +131,9 @@ def amos_dataset_json(modality: str, train: List[SourceCase], test: List[SourceC
     )
 
 
-def convert_amos(source: Union[str, os.PathLike], dataset_id: int = DEFAULT_DATASET_ID, modality: str = "all",
-                 split_file: Optional[Union[str, os.PathLike]] = None, output_root: Optional[str] = None,
+def convert_amos(source: Union[str, os.PathLike], dataset_id: int = DEFAULT_DATASET_ID,
+                 modality: str = DEFAULT_MODALITY, split_file: Optional[Union[str, os.PathLike]] = None,
+                 output_root: Optional[str] = None,
                  overwrite: bool = False, progress: bool = True) -> ConversionResult:
     """Convert an AMOS 2022 download (see the module docstring).
 

@@ -1,8 +1,10 @@
 """The input checks both converters share, and their error type (nothing here writes).
 
 Layout and pairing first (cheap), then per case the image and label headers (3D, one component, same shape,
-spacing, origin, direction, within ``nnunet_poolskip.utilities.geometry``'s tolerances) and the label values
-(within the label table). Every failure raises :class:`ConversionError` naming the case, file or argument.
+spacing, origin, direction, within ``nnunet_poolskip.utilities.geometry``'s tolerances), that both files are
+complete (``nnunet_poolskip.utilities.image_integrity``: SimpleITK would read a truncated ``.nii.gz`` as zeros)
+and the label values (within the label table). Every failure raises :class:`ConversionError` naming the case,
+file or argument.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import numpy as np
 
 from nnunet_poolskip.dataset_conversion.layouts import split_nifti_name
 from nnunet_poolskip.utilities.geometry import Geometry, ImageHeaderError, geometry_mismatch, read_geometry
+from nnunet_poolskip.utilities.image_integrity import IncompleteImageError, check_image_file_complete
 
 
 class ConversionError(ValueError):
@@ -131,8 +134,22 @@ def label_value_problems(path: Path, max_label: int) -> List[str]:
     return [f"label values {{{shown}}} outside the label table 0..{max_label}"]
 
 
+def incomplete_file_problems(*paths: Path) -> List[str]:
+    """Truncated or corrupt files among ``paths``, one problem each naming the file (empty list: all complete)."""
+    problems = []
+    for path in paths:
+        try:
+            check_image_file_complete(path)
+        except IncompleteImageError as error:
+            problems.append(str(error))
+        except OSError as error:
+            problems.append(f"cannot read {path}: {error.strerror or error}")
+    return problems
+
+
 def validate_cases(cases: Sequence[SourceCase], max_label: int, progress: bool = True) -> None:
-    """Check every case's image/label geometry and label values; raise one error listing all failed cases.
+    """Check every case's image/label geometry, that both files are complete, and the label values; raise one
+    error listing all failed cases.
 
     Raises:
         ConversionError: ``"<n> case(s) failed the input checks: <case>: <problem>; ..."``.
@@ -142,6 +159,8 @@ def validate_cases(cases: Sequence[SourceCase], max_label: int, progress: bool =
     failures = []
     for case in tqdm(cases, desc="checking cases", unit="case", disable=not progress):
         problems = geometry_problems(_header(case.image), _header(case.label))
+        if not problems:
+            problems = incomplete_file_problems(case.image, case.label)
         if not problems:
             problems = label_value_problems(case.label, max_label)
         failures += [f"{case.case_id}: {p} ({case.image.name}, {case.label.name})" for p in problems]

@@ -44,13 +44,24 @@ AMOS_LABELS: Dict[int, str] = {
     15: "prostate/uterus",
 }
 
-# The label names exactly as the AMOS 2022 download's dataset.json writes them (typos included); only the
-# phantoms' imitation of that file uses them. Values are the same as AMOS_LABELS.
+# The label names exactly as the AMOS 2022 download's dataset.json writes them (typos included): the phantoms'
+# imitation of that file, and download_name_aliases() for evaluating with it. Values are the same as AMOS_LABELS.
 AMOS_DOWNLOAD_LABEL_NAMES: Dict[int, str] = {
     0: "background", 1: "spleen", 2: "right kidney", 3: "left kidney", 4: "gall bladder", 5: "esophagus",
     6: "liver", 7: "stomach", 8: "arota", 9: "postcava", 10: "pancreas", 11: "right adrenal gland",
     12: "left adrenal gland", 13: "duodenum", 14: "bladder", 15: "prostate/uterus",
 }
+
+
+def download_name_aliases() -> Dict[str, str]:
+    """The downloads' own spellings of organ names -> this project's names, where they differ.
+
+    For matching organ names read from a download's dataset.json (e.g. NSD tolerance tables matched by name):
+    ``{"gall bladder": "gallbladder", "arota": "aorta", "postcava": "postcava (IVC)"}`` from AMOS 2022 (BTCV's
+    download has no dataset.json).
+    """
+    return {AMOS_DOWNLOAD_LABEL_NAMES[value]: name for value, name in AMOS_LABELS.items()
+            if AMOS_DOWNLOAD_LABEL_NAMES[value] != name}
 
 
 def label_table(kind: str) -> Dict[int, str]:

@@ -36,7 +36,8 @@ from nnunet_poolskip.dataset_conversion.layouts import (AMOS_MRI_MIN_NUMBER, BTC
                                                         BTCV_TESTING_IMAGES, BTCV_TRAINING_IMAGES, BTCV_TRAINING_LABELS,
                                                         BTCV_TRAINING_NUMBERS, amos_case_id, amos_modality,
                                                         btcv_image_name, btcv_label_name)
-from nnunet_poolskip.utilities.atomic import replace_directory
+from nnunet_poolskip.utilities.atomic import (check_output_path, remove_stale_temporaries, replace_directory,
+                                              temporary_folder)
 
 DEFAULT_SIZE = (40, 64, 64)  # nominal voxel grid (z, y, x); actual sizes vary by about +-10 % per case
 DEFAULT_CASES = {"btcv": 30, "amos": 24}
@@ -453,10 +454,9 @@ def _amos_dataset_json(training: List[int], validation: List[int], test: List[in
 
 
 def _check_output_folder(out_dir: Path, kind: str, overwrite: bool) -> None:
+    check_output_path(out_dir, "-o", folder=True)  # an OutputPathError is a ValueError
     if not out_dir.exists():
         return
-    if not out_dir.is_dir():
-        raise ValueError(f"-o {out_dir} exists and is not a folder")
     entries = {p.name for p in out_dir.iterdir()}
     if not entries:
         return
@@ -548,7 +548,8 @@ def write_phantoms(kind: str, out_dir: os.PathLike, cases: Optional[int] = None,
         dataset_json = _amos_dataset_json(sorted(parts["Tr"]), sorted(parts["Va"]), test_numbers, seed)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    remove_stale_temporaries(out_dir)
+    temporary = temporary_folder(out_dir)
     if temporary.exists():
         shutil.rmtree(temporary)
     try:

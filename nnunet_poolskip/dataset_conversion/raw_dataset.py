@@ -2,8 +2,8 @@
 
 Input checks (:mod:`nnunet_poolskip.dataset_conversion.checks`) run before anything is written. Output goes to
 a hidden temporary folder beside the target, renamed into place at the end, so a failure leaves nothing
-half-written. A record of the conversion (``nnunet_poolskip_conversion.json``) makes a rerun with the same
-settings a no-op.
+half-written; the temporary folder of a conversion that was killed is removed by the next one. A record of the
+conversion (``nnunet_poolskip_conversion.json``) makes a rerun with the same settings a no-op.
 """
 from __future__ import annotations
 
@@ -16,21 +16,31 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional
 
 from nnunet_poolskip.dataset_conversion.checks import ConversionError, SourceCase, check_unique_ids, validate_cases
 from nnunet_poolskip.dataset_conversion.splits import load_split_file, split_cases
-from nnunet_poolskip.utilities.atomic import replace_directory
+from nnunet_poolskip.utilities.atomic import (OutputPathError, check_output_path, remove_stale_temporaries,
+                                              replace_directory, temporary_folder)
 
 RECORD_NAME = "nnunet_poolskip_conversion.json"
 SPLITS_NAME = "splits_final.json"
 
 
 def resolve_raw_root(output_root: Optional[str]) -> Path:
-    """The nnU-Net raw folder to write into: ``output_root`` if given, else ``$nnUNet_raw``."""
+    """The nnU-Net raw folder to write into: ``output_root`` if given, else ``$nnUNet_raw``.
+
+    Raises:
+        ConversionError: neither is given, or the folder could not be written (a file in the way, no
+            permission); checked before any input is read.
+    """
     if output_root:
-        return Path(output_root).expanduser().resolve()
-    value = os.environ.get("nnUNet_raw")
-    if not value:
-        raise ConversionError("nnUNet_raw is not set: export nnUNet_raw=/path/to/nnUNet_raw (nnU-Net's raw data "
-                              "folder) or pass -o/--output-root")
-    return Path(value).expanduser().resolve()
+        option, value = "-o/--output-root", output_root
+    else:
+        option, value = "$nnUNet_raw", os.environ.get("nnUNet_raw")
+        if not value:
+            raise ConversionError("nnUNet_raw is not set: export nnUNet_raw=/path/to/nnUNet_raw (nnU-Net's raw data "
+                                  "folder) or pass -o/--output-root")
+    try:
+        return check_output_path(Path(value).expanduser().resolve(), option, folder=True)
+    except OutputPathError as error:
+        raise ConversionError(str(error)) from None
 
 
 def dataset_folder_name(dataset_id: int, name: str) -> str:
@@ -120,7 +130,7 @@ def write_raw_dataset(dataset: RawDataset, progress: bool = True) -> Path:
 
     dataset.raw_root.mkdir(parents=True, exist_ok=True)
     target = dataset.target
-    temporary = dataset.raw_root / f".{dataset.folder_name}.tmp-{os.getpid()}"
+    temporary = temporary_folder(target)
     if temporary.exists():
         shutil.rmtree(temporary)
     try:
@@ -231,11 +241,13 @@ def convert_dataset(*, command: str, split_dataset: str, valid_id: Callable[[str
     spec = load_split_file(split_file, split_dataset, valid_id)
     settings = {"command": command, "source": str(source.resolve()), **settings, "split_file_sha256": spec.sha256}
     target = raw_root / folder_name
+    # what a killed conversion left (a full-size hidden copy): removed by any rerun, a no-op one included
+    notes = [f"removed {p}, left by a conversion whose process is gone" for p in remove_stale_temporaries(target)]
     if existing_output_action(raw_root, folder_name, settings, overwrite) == "noop":
         record = json.loads((target / RECORD_NAME).read_text())
         folds = json.loads((target / SPLITS_NAME).read_text())
-        return ConversionResult(target, False, record["test"], record["train"], folds,
-                                [f"{target} already holds this conversion: nothing to do (--overwrite redoes it)"])
+        return ConversionResult(target, False, record["test"], record["train"], folds, notes + [
+            f"{target} already holds this conversion: nothing to do (--overwrite redoes it)"])
     cases = discover()
     if not cases:
         raise ConversionError(f"no labelled cases found in {source}")
@@ -249,7 +261,7 @@ def convert_dataset(*, command: str, split_dataset: str, valid_id: Callable[[str
                          dataset_json=dataset_json(train, test), folds=split.folds, settings=settings,
                          extra_record={"split_file": str(spec.path), "split_notes": split.notes})
     write_raw_dataset(dataset, progress)
-    notes = list(split.notes)
+    notes += split.notes
     note = install_splits_preprocessed(folder_name, split.folds)
     if note:
         notes.append(note)

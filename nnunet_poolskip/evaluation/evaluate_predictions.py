@@ -24,7 +24,7 @@ import numpy as np
 from nnunet_poolskip.evaluation.metrics import METRICS, case_metrics
 from nnunet_poolskip.utilities.atomic import atomic_path
 from nnunet_poolskip.utilities.geometry import SITK_ENDINGS, ImageHeaderError, geometry_mismatch, read_geometry
-
+from nnunet_poolskip.utilities.image_integrity import check_image_file_complete
 
 
 class EvaluationInputError(ValueError):
@@ -192,8 +192,9 @@ def evaluate_folders(reference_folder: os.PathLike | str, prediction_folder: os.
     Returns:
         The summary dictionary (see the module docstring).
     Raises:
-        EvaluationInputError: missing folders or predictions, headers that differ (checked for all cases before
-            any metric is computed), label values outside the label set (per case), naming the case.
+        EvaluationInputError: missing folders or predictions, headers that differ or truncated/corrupt files
+            (checked for all cases before any metric is computed), label values outside the label set (per
+            case), naming the case and file.
     """
     from tqdm import tqdm
 
@@ -224,12 +225,17 @@ def evaluate_folders(reference_folder: os.PathLike | str, prediction_folder: os.
     if not cases:
         raise EvaluationInputError(f"none of the {len(references)} reference cases has a prediction in {prediction_folder}")
 
-    # Headers first (cheap): a geometry error should not surface after an hour of NSD computations.
-    for case in cases:
+    # Headers and complete files first: a geometry error or a truncated file (which SimpleITK would read as
+    # zeros) should not surface after an hour of NSD computations, nor be scored at all.
+    for case in tqdm(cases, desc="checking files", unit="case", disable=not progress):
         try:
             reference, prediction = read_geometry(references[case]), read_geometry(predictions[case])
+            check_image_file_complete(references[case])
+            check_image_file_complete(predictions[case])
         except ImageHeaderError as error:
             raise EvaluationInputError(f"case {case}: {error}") from None
+        except OSError as error:
+            raise EvaluationInputError(f"case {case}: cannot read {error.filename}: {error.strerror}") from None
         for role, geometry, path in (("reference", reference, references[case]),
                                      ("prediction", prediction, predictions[case])):
             if geometry.components != 1:

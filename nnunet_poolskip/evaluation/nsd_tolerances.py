@@ -79,13 +79,17 @@ def load_tolerance_table(spec: str) -> Tuple[Dict[int, float], Dict[str, float],
 
 
 def resolve_tolerances(labels: Mapping[int, str], default_mm: float = DEFAULT_TOLERANCE_MM,
-                       table: Optional[str] = None) -> Tuple[Dict[int, float], List[str]]:
+                       table: Optional[str] = None,
+                       aliases: Optional[Mapping[str, str]] = None) -> Tuple[Dict[int, float], List[str]]:
     """The NSD tolerance (mm) of every label, and notes on labels that fell back to the default.
 
     Args:
         labels: label value -> organ name (foreground labels only).
         default_mm: tolerance in mm for every label a table does not cover (all labels without a table).
         table: preset name or JSON path (see the module docstring), or None.
+        aliases: other spellings of organ names -> the name to look up instead, tried when a label's own name
+            is not in the table (the caller's knowledge of data sets, e.g. the AMOS download's "arota" ->
+            "aorta"; matched after the same normalisation).
     Returns:
         ({label: tolerance_mm}, notes): notes name the labels the table did not cover.
     Raises:
@@ -101,12 +105,16 @@ def resolve_tolerances(labels: Mapping[int, str], default_mm: float = DEFAULT_TO
     if unknown:
         raise ValueError(f"NSD tolerance table {table_name} gives label values {unknown}, which are not in the "
                          f"label set {sorted(labels)}")
+    other_names = {normalize_organ_name(k): normalize_organ_name(v) for k, v in (aliases or {}).items()}
     uncovered = []
     for label, name in labels.items():
+        key = normalize_organ_name(name)
+        if key not in by_name:
+            key = other_names.get(key, key)
         if label in by_label:
             tolerances[label] = by_label[label]
-        elif normalize_organ_name(name) in by_name:
-            tolerances[label] = by_name[normalize_organ_name(name)]
+        elif key in by_name:
+            tolerances[label] = by_name[key]
         else:
             uncovered.append(f"{label} ({name})")
     if len(uncovered) == len(labels):

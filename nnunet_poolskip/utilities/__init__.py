@@ -1,1 +1,1 @@
-"""Small helpers shared across the package: atomic writes, image geometry."""
+"""Small helpers shared across the package: atomic writes and output paths, image geometry, image file completeness."""

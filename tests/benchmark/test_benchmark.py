@@ -5,10 +5,12 @@ lines, killed with SIGKILL mid-training and resumed."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,12 +20,20 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN
+from toydata import write_toy_dataset
+from nnunet_poolskip.benchmark.finish import Finish
 from nnunet_poolskip.benchmark.profiles import resolve_settings
 from nnunet_poolskip.benchmark.protocol import MODELS, PAPER_MODELS, parse_models, resolve_model
 from nnunet_poolskip.benchmark.training_runs import (EPOCH_TIME, FoldState, checkpoint_readable, epoch_times,
                                                      fold_state, set_aside_unreadable_checkpoints, train_command)
-from nnunet_poolskip.benchmark.workspace import Workspace, parse_dataset, step_environment
-from nnunet_poolskip.cli import main
+from nnunet_poolskip.benchmark.runinfo import RunRecord
+from nnunet_poolskip.benchmark.steps import Steps
+from nnunet_poolskip.benchmark.workspace import NNUNET_FOLDERS, Workspace, parse_dataset, step_environment
+from nnunet_poolskip.cli import build_parser, main
+from nnunet_poolskip.commands.benchmark import build_config
+from nnunet_poolskip.dataset_conversion.amos import convert_amos
+from nnunet_poolskip.dataset_conversion.phantoms import write_phantoms
+from nnunet_poolskip.dataset_conversion.splits import shipped_split_file
 
 
 def clean_env(**extra) -> dict:
@@ -190,6 +200,81 @@ def test_folds_trained_with_another_schedule_are_refused(tmp_path, capsys):
     assert proc.returncode == 3 and "was trained with 2 epochs" in proc.stderr
     proc = subprocess.run(helper + ["--expect-schedule", "2", "5", "1"], capture_output=True, text=True)
     assert (proc.returncode, proc.stdout) == (0, "resume\n")
+
+
+# ------------------------------------------------------------------------------- stale data and records
+def test_run_record_keeps_the_data_set_facts_of_the_prepare_stage_in_later_invocations(tmp_path):
+    """A finish-only invocation (as the SLURM jobs run) must not lose the test cases prepare recorded."""
+    path = tmp_path / "run.json"
+    prepare = RunRecord(path)
+    prepare.begin_invocation(["--stage", "prepare"], {"dataset": {"kind": "btcv", "id": 17, "raw_source": "/a"}})
+    facts = {"name": "Dataset017_BTCV", "test_cases": ["img0001", "img0002"], "n_train_val": 6}
+    prepare.data["dataset"].update(facts)  # what Preparation.check_test_set records
+    prepare.save()
+    prepare.end_invocation("stage prepare complete")
+    finish = RunRecord(path)
+    finish.begin_invocation(["--stage", "finish"], {"dataset": {"kind": "btcv", "id": 17, "raw_source": "/b"}})
+    assert json.loads(path.read_text())["dataset"] == {"kind": "btcv", "id": 17, "raw_source": "/b", **facts}
+
+
+def test_a_data_set_converted_with_other_settings_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """The converted data set is found by its id alone: its modality and split must be the ones asked for."""
+    work = tmp_path / "work"
+    for name in NNUNET_FOLDERS:
+        monkeypatch.setenv(name, str(work / name))
+    source = tmp_path / "amos"
+    write_phantoms("amos", source, cases=12, mri_cases=3, size=(16, 24, 24), progress=False)
+    convert_amos(source, progress=False)  # CT and MRI, the shipped split
+    converted = work / "nnUNet_raw" / "Dataset218_AMOS"
+    split = tmp_path / "my_split.json"
+    split.write_text(json.dumps({"dataset": "AMOS2022", "test": ["amos_0001"], "train": ["amos_0002"]}))
+    out = tmp_path / "results"
+    # every stage runs the check first; --stage finish stops soon after it (nothing trained) when it is absent
+    base = ["benchmark", "--profile", "demo", "--dataset", "amos", "--raw", str(source), "--work", str(work),
+            "--output", str(out), "--stage", "finish"]
+    assert main(base + ["--modality", "ct"]) == 2
+    error = capsys.readouterr().err
+    assert f"{converted} was converted with other settings than this run asks for: modality 'all' there, 'ct' here" \
+        in error
+    assert main(base + ["--split-file", str(split)]) == 2
+    error = capsys.readouterr().err
+    assert "split file " + str(shipped_split_file("amos")) in error and f"{split} (sha256 " in error
+    assert not out.exists()  # refused before anything was written
+    # the same settings pass the check: the finish stage then says what else it lacks
+    assert main(base + ["--modality", "all"]) == 2
+    assert "training is not finished" in capsys.readouterr().err
+
+
+def test_summaries_are_remade_when_the_nsd_tolerances_change(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    raw = write_toy_dataset(work / "nnUNet_raw", 901, n_cases=1, n_test=2)
+    model = parse_models(["nnunet"])[0]
+    predictions = tmp_path / "results" / "predictions" / model.name
+    shutil.copytree(raw / "labelsTs", predictions)  # perfect predictions: only the tolerances matter here
+    tables = {}
+    for name, mm in (("strict", {"1": 1.0, "2": 1.0}), ("loose", {"big": 3.0, "small": 2.0})):
+        tables[name] = tmp_path / f"{name}.json"
+        tables[name].write_text(json.dumps(mm))
+
+    def evaluate_with(table: str) -> dict:
+        args = build_parser().parse_args(["benchmark", "--profile", "demo", "--dataset", "Dataset901_Toy",
+                                          "--work", str(work), "--output", str(tmp_path / "results"),
+                                          "--nsd-tolerances", table, "--evaluate-processes", "1"])
+        config = build_config(args)
+        steps = Steps(config, RunRecord(config.output / "run.json"), io.StringIO())
+        summary = Finish(config, steps, training=None).evaluate(model, predictions)
+        return {"tolerances": json.loads(summary.read_text())["nsd_tolerance_mm"], "said": steps.out.getvalue(),
+                "mtime": summary.stat().st_mtime_ns}
+
+    summary = tmp_path / "results" / "summaries" / f"{model.name}.json"  # as an earlier run left it
+    assert main(["evaluate", str(raw / "labelsTs"), str(predictions), "--dataset-json", str(raw / "dataset.json"),
+                 "--nsd-tolerances", str(tables["strict"]), "-o", str(summary), "-np", "1", "--no-progress"]) == 0
+    before = summary.stat().st_mtime_ns
+    again = evaluate_with(str(tables["strict"]))
+    assert again["mtime"] == before and f"{summary} exists" in again["said"]  # same request: kept
+    changed = evaluate_with(str(tables["loose"]))
+    assert changed["tolerances"] == {"1": 3.0, "2": 2.0}
+    assert "nnunet.json was computed with other NSD tolerances" in changed["said"]
 
 
 # ------------------------------------------------------------------------------------------- SLURM
@@ -424,6 +509,8 @@ def test_scaled_down_benchmark_killed_mid_training_then_resumed(tmp_path):
     assert main(finish + ["--keep-going"]) == 1
     table = (out / "table.md").read_text()
     assert "**INCOMPLETE RUN.**" in table and "nnunet_poolskip (fold 1 validate)" in table
+    # the data set facts recorded by the prepare stage survive finish-only invocations
+    assert "6 train+val cases" in table and "2 held-out test cases" in table
     with open(out / "table.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["model"], r["run_complete"]) for r in rows] == [("nnU-Net", "false")]

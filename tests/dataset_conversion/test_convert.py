@@ -5,7 +5,9 @@ from __future__ import annotations
 import filecmp
 import hashlib
 import json
+import os
 import shutil
+import socket
 from fractions import Fraction
 from pathlib import Path
 from typing import Dict, List
@@ -227,6 +229,13 @@ def _rewrite_label(path: Path, change) -> None:
     sitk.WriteImage(image, str(path), useCompression=True)
 
 
+def _truncate(path: Path, fraction: float = 2 / 3) -> None:
+    """Cut a file to ``fraction`` of its bytes (an interrupted download); SimpleITK still reads it, as zeros."""
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * fraction)])
+    sitk.ReadImage(str(path))  # no error: what makes the converter's own check necessary
+
+
 def _set_value(image):
     array = sitk.GetArrayFromImage(image)
     array[0, 0, 0] = 14
@@ -247,6 +256,8 @@ BTCV_CORRUPTIONS = {
     "img0005: image/label direction differs": lambda s: _rewrite_label(
         s / "RawData/Training/label/label0005.nii.gz",
         lambda im: im.SetDirection([-d for d in im.GetDirection()[:3]] + list(im.GetDirection()[3:]))),
+    "img0004: .*label0004.nii.gz is truncated": lambda s: _truncate(s / "RawData/Training/label/label0004.nii.gz"),
+    "img0008: .*img0008.nii.gz is truncated": lambda s: _truncate(s / "RawData/Training/img/img0008.nii.gz", 0.9),
     "img0003: label values \\{14\\} outside the label table 0..13": lambda s: _rewrite_label(
         s / "RawData/Training/label/label0003.nii.gz", _set_value),
     "duplicate case img0002 in BTCV Training/img": lambda s: sitk.WriteImage(
@@ -316,6 +327,32 @@ def test_failed_write_leaves_nothing(btcv10, roots, monkeypatch):
     with pytest.raises(OSError, match="simulated"):
         convert_btcv(btcv10, progress=False)
     assert len(calls) == 7 and tree_is_empty(*roots)
+
+
+def test_a_killed_conversions_temporary_folder_is_removed_by_the_next_but_a_live_ones_stays(btcv10, tmp_path):
+    """A pid above the kernel's pid_max (at most 2**22) cannot exist; this test process is alive."""
+    host = socket.gethostname()
+    raw = tmp_path / "nn" / "nnUNet_raw"
+    stale = [raw / f".Dataset017_BTCV.tmp-{host}-99999999", raw / ".Dataset017_BTCV.tmp-99999998"]  # + old naming
+    kept = [raw / f".Dataset017_BTCV.tmp-{host}-{os.getpid()}",  # a conversion running now
+            raw / ".Dataset017_BTCV.tmp-elsewhere-99999999",  # from another machine: its pid says nothing here
+            raw / ".Dataset017_BTCV.old-99999999",  # set aside while no data set is in place: maybe the only copy
+            raw / ".Dataset018_BTCV.tmp-99999999"]  # another data set's
+    for folder in stale + kept:
+        (folder / "imagesTr").mkdir(parents=True)
+        (folder / "imagesTr" / "img0001_0000.nii.gz").write_bytes(b"partial")
+    env = nnunet_env(tmp_path / "nn")
+    proc = run_cli(["nnunet-poolskip", "convert-btcv", str(btcv10), "--quiet"], env)
+    assert all(not folder.exists() for folder in stale) and all(folder.is_dir() for folder in kept)
+    assert all(f"note: removed {folder}, left by a conversion whose process is gone" in proc.stdout
+               for folder in stale)
+    assert (raw / "Dataset017_BTCV" / "dataset.json").is_file()
+    # a rerun that has nothing to convert still removes them; now that the data set is in place, the old copy too
+    stale = [raw / f".Dataset017_BTCV.tmp-{host}-99999997", raw / ".Dataset017_BTCV.old-99999999"]
+    stale[0].mkdir()
+    proc = run_cli(["nnunet-poolskip", "convert-btcv", str(btcv10), "--quiet"], env)
+    assert proc.stdout.startswith("kept ") and all(not folder.exists() for folder in stale)
+    assert all(folder.is_dir() for folder in kept if folder not in stale)
 
 
 def test_existing_output_rules(btcv10, roots, tmp_path):

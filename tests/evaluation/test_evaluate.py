@@ -167,6 +167,26 @@ def test_tolerance_tables(tmp_path, capsys):
         assert json.loads(out.read_text())["nsd_tolerance_mm"] == expected
 
 
+def test_flare22_matches_the_amos_downloads_own_spellings(tmp_path, capsys):
+    """AMOS 2022's dataset.json (Decathlon style) spells the aorta "arota"; FLARE22 gives the aorta 2 mm."""
+    random_cases(tmp_path)
+    amos = {"0": "background", "1": "spleen", "2": "right kidney", "3": "left kidney", "4": "gall bladder",
+            "5": "esophagus", "6": "liver", "7": "stomach", "8": "arota", "9": "postcava", "10": "pancreas",
+            "11": "right adrenal gland", "12": "left adrenal gland", "13": "duodenum", "14": "bladder",
+            "15": "prostate/uterus"}
+    out = tmp_path / "s.json"
+    code, captured = evaluate([tmp_path / "gt", tmp_path / "pred", "--dataset-json",
+                               write_dataset_json(tmp_path / "amos.json", amos), "--nsd-tolerances", "flare22",
+                               "-o", out], capsys)
+    assert code == 0
+    # FLARE22 (DESIGN.md): liver 5, kidneys 3, spleen 3, pancreas 5, aorta 2, IVC 2, adrenal glands 2,
+    # gallbladder 2, esophagus 3, stomach 5, duodenum 7; bladder and prostate/uterus get the 1 mm default
+    expected = {1: 3.0, 2: 3.0, 3: 3.0, 4: 2.0, 5: 3.0, 6: 5.0, 7: 5.0, 8: 2.0, 9: 2.0, 10: 5.0, 11: 2.0, 12: 2.0,
+                13: 7.0, 14: 1.0, 15: 1.0}
+    assert json.loads(out.read_text())["nsd_tolerance_mm"] == {str(k): v for k, v in expected.items()}
+    assert "does not cover labels 14 (bladder), 15 (prostate/uterus)" in captured.err
+
+
 def _change(tmp_path, kind):
     """Make prediction b differ from its reference in one way; return the expected message fragment."""
     ref = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "gt" / "b.nii.gz")))
@@ -196,6 +216,35 @@ def test_bad_prediction_names_the_case(tmp_path, capsys, kind):
     assert code == 2
     assert "case b" in captured.err and message in captured.err
     assert not (tmp_path / "s.json").exists()
+
+
+@pytest.mark.parametrize("role, kept", [("pred", 1 / 2), ("gt", 3 / 4)])
+def test_truncated_file_is_refused_before_any_metric(tmp_path, capsys, role, kept):
+    """SimpleITK reads a truncated .nii.gz as zeros: without the check, the case would be scored on them."""
+    random_cases(tmp_path)
+    target = tmp_path / role / "b.nii.gz"
+    data = target.read_bytes()
+    target.write_bytes(data[:int(len(data) * kept)])  # the small reference: keep its header readable
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(target))).shape == (10, 14, 16)  # read without complaint
+    out, table = tmp_path / "s.json", tmp_path / "s.csv"
+    code, captured = evaluate([tmp_path / "gt", tmp_path / "pred", "--labels", "1", "2", "3", "-o", out,
+                               "--csv", table], capsys)
+    assert code == 2
+    assert f"case b: {target} is truncated" in captured.err
+    assert not out.exists() and not table.exists()
+
+
+def test_missing_output_folders_are_created(tmp_path, capsys):
+    random_cases(tmp_path)
+    out, table = tmp_path / "new" / "deeper" / "summary.json", tmp_path / "other" / "cases.csv"
+    code, captured = evaluate([tmp_path / "gt", tmp_path / "pred", "--labels", "1", "2", "3", "-o", out,
+                               "--csv", table], capsys)
+    assert code == 0 and f"wrote {out}" in captured.out
+    assert json.loads(out.read_text())["n_cases"] == 3
+    with open(table, newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 3 * 3  # cases x labels
+    code, captured = evaluate([tmp_path / "gt", tmp_path / "pred", "--labels", "1", "-o", tmp_path / "new"], capsys)
+    assert code == 2 and f"-o/--output {tmp_path / 'new'} is a folder" in captured.err
 
 
 def test_label_outside_label_set_in_reference(tmp_path, capsys):
