@@ -90,6 +90,7 @@ def table_rows(models: Sequence[Model], outputs: Mapping[str, Tuple[List[Model],
         printed = _read_markdown_cells(folder / "table3.md")[model.display]
         out = {"model": model.display, "name": model.name, "baseline": baseline.display if baseline else "",
                "n_cases": int(source["n_cases"]), "incomplete": source["incomplete"] == "true",
+               "foreground_labels": int(source["foreground_labels"]), "labels": int(source["labels"]),
                # a row without a baseline shows its value only (compare's "all" table adds deltas to the first)
                "cells": printed if baseline else [cell.split(" ")[0] for cell in printed]}
         for key, _ in METRICS:
@@ -110,6 +111,17 @@ def table_rows(models: Sequence[Model], outputs: Mapping[str, Tuple[List[Model],
         if model.name not in placed and not any(p.base == model.name for p in models if p.name in pairs):
             rows.append(row(model, outputs["all"][1]))
     return rows
+
+
+def foreground_sentence(rows: Sequence[Mapping]) -> str:
+    """"Foreground means over N organs", counting what each row's mean averages (compare's ``foreground_labels``:
+    an organ without a value in any test case has no mean and is not in the foreground mean)."""
+    total = rows[0]["labels"] if rows else 0
+    fewer = [f"{r['model']} {r['foreground_labels']}" for r in rows if r["foreground_labels"] != r["labels"]]
+    if not fewer:
+        return f"Foreground means over all {total} organs"
+    return (f"Foreground means over the organs with a value in some test case, of {total}: " + ", ".join(fewer)
+            + (f", the others {total}" if len(fewer) < len(rows) else ""))
 
 
 def protocol_lines(config, record: Mapping, incomplete: Mapping[str, List[str]]) -> List[str]:
@@ -183,7 +195,7 @@ def compose_tables(config, record: Mapping, outputs: Mapping[str, Tuple[List[Mod
     table += ["| " + " | ".join(cells) + " |" for cells in body]
     text = [f"# {title}", "", *protocol_lines(config, record, incomplete), "",
             "## Test set, paper's Table 3 layout", "", *table, "",
-            "Foreground means over all organs, percent; a Pool Skip row's delta (percentage points) is against the "
+            foreground_sentence(rows) + ", percent; a Pool Skip row's delta (percentage points) is against the "
             "row of its own baseline above it." + (" † = evaluated on incomplete predictions." if any(
                 r["incomplete"] for r in rows) else "")]
     all_table = (outputs["all"][1] / "table3.md").read_text()
