@@ -4,6 +4,9 @@
   ``evaluate`` summary), their mean and sample SD over seeds; per baseline / Pool Skip pair one sentence saying
   whether the difference of the seed means is larger than the spread between seeds, defined as the larger of the
   two models' SDs over seeds (with one seed the spread is unknown and the sentence says so).
+- Paired statistics: per baseline / Pool Skip pair, compare's paired foreground statistics of the model against its
+  own baseline (its statistics.json, formatted by compare's own table function), and its forest plot copied as
+  ``differences_<model>.png``.
 - Elimination singularities: ``nnunet-poolskip diagnose`` (run by the finish stage on every fold x seed of every
   pair, baseline with ``--compare`` Pool Skip model) gives per conv layer l2/l1 and dead units; per run the
   encoder's figures (:func:`nnunet_poolskip.diagnostics.layer_statistics.encoder_summary`: median l2/l1 over the
@@ -27,7 +30,9 @@ from nnunet_poolskip.utilities.atomic import write_text_atomic
 
 ES_CSV = "elimination_singularities.csv"
 ES_FIGURE = "elimination_singularities_{model}.png"
-EVIDENCE_FILES = ("training_curves.png", "overlays.png", ES_CSV, ES_FIGURE.format(model="*"))
+DIFFERENCES_FIGURE = "differences_{model}.png"
+EVIDENCE_FILES = ("training_curves.png", "overlays.png", ES_CSV, ES_FIGURE.format(model="*"),
+                  DIFFERENCES_FIGURE.format(model="*"))
 """What the finish stage writes into the results folder besides report.TABLE_FILES (glob patterns)."""
 
 
@@ -109,6 +114,40 @@ def seed_csv_columns(spreads: Mapping[str, SeedSpread]) -> Dict[str, Dict[str, s
     return {"seeds": {name: " ".join(map(str, sorted(s.per_seed))) for name, s in spreads.items()},
             "dice_seed_mean_percent": {name: number(s.mean) for name, s in spreads.items()},
             "dice_seed_sd_percent": {name: number(s.sd) for name, s in spreads.items()}}
+
+
+# ------------------------------------------------------------------------------------ paired statistics
+def pair_compare_folder(base: Model, model: Model, outputs: Mapping[str, Tuple[List[Model], Path]]) -> Optional[Path]:
+    """The compare output folder of (base, model): its ``pair_<model>`` group, or ``all`` when that is the pair."""
+    if f"pair_{model.name}" in outputs:
+        return outputs[f"pair_{model.name}"][1]
+    group, folder = outputs["all"]
+    return folder if [m.name for m in group] == [base.name, model.name] else None
+
+
+def statistics_section(pairs: Sequence[Tuple[Model, Model]], outputs: Mapping[str, Tuple[List[Model], Path]],
+                       averaged_over_seeds: bool) -> List[str]:
+    """table.md's paired statistics: each Pool Skip model against its own baseline, from compare's statistics.json
+    (nothing recomputed), in compare's own paired-table format."""
+    from nnunet_poolskip.evaluation.comparison_tables import METRIC_COLUMNS, paired_table_markdown
+    from nnunet_poolskip.evaluation.statistics import FOREGROUND, find
+
+    lines = []
+    for base, model in pairs:
+        folder = pair_compare_folder(base, model, outputs)
+        if folder is None or not (folder / "statistics.json").is_file():
+            continue
+        statistics = json.loads((folder / "statistics.json").read_text())
+        row = {"model": model.display, **{f"paired_{metric}": find(statistics, model.display, metric, FOREGROUND)
+                                          for metric, _ in METRIC_COLUMNS}}
+        lines += ["", paired_table_markdown([{"model": base.display}, row], base.display)]
+    if not lines:
+        return []
+    what = ("each test case's values averaged over the seeds first" if averaged_over_seeds else "one run per fold")
+    return ["## Paired statistics, each Pool Skip model against its own baseline", "",
+            f"Over the test cases ({what}); forest plots: "
+            + ", ".join(DIFFERENCES_FIGURE.format(model=model.name) for _, model in pairs)
+            + "; per organ and metric: compare/<pair>/statistics.json.", *lines]
 
 
 # ------------------------------------------------------------------------------ elimination singularities

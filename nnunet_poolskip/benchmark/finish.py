@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from nnunet_poolskip.benchmark.config import BenchmarkConfig, BenchmarkError
-from nnunet_poolskip.benchmark.evidence import (ES_CSV, ES_FIGURE, DiagnosedRun, es_rows, es_section, plot_es_pair,
-                                                seed_csv_columns, seed_section, seed_spreads, write_es_csv)
+from nnunet_poolskip.benchmark.evidence import (DIFFERENCES_FIGURE, ES_CSV, ES_FIGURE, DiagnosedRun, es_rows,
+                                                es_section, pair_compare_folder, plot_es_pair, seed_csv_columns,
+                                                seed_section, seed_spreads, statistics_section, write_es_csv)
 from nnunet_poolskip.benchmark.prepare import file_ending
 from nnunet_poolskip.benchmark.profiles import Settings
 from nnunet_poolskip.benchmark.protocol import CONFIGURATION, Model
@@ -28,7 +29,7 @@ from nnunet_poolskip.benchmark.train import Training
 from nnunet_poolskip.benchmark.training_runs import FINAL_CHECKPOINT, FoldState, model_folder
 from nnunet_poolskip.benchmark.workspace import case_ids, executable, seed_folder_name
 from nnunet_poolskip.evaluation.summaries import average_summaries, is_averaged_summary
-from nnunet_poolskip.utilities.atomic import write_json_atomic
+from nnunet_poolskip.utilities.atomic import atomic_path, write_json_atomic
 
 SMOKE_DEAD_UNIT_CASES = 2
 """Cases (one patch each) diagnose runs for the dead units in a smoke-scale run: enough to show the pipeline."""
@@ -220,12 +221,15 @@ class Finish:
                                                       figure_caveat, short_title)
 
         compare_root = self.config.output / "compare"
+        caveat = figure_caveat(self.config)
         outputs = {}
         for group_name, group in comparison_groups(models).items():
             folder = compare_root / group_name
             argv = [executable("nnunet-poolskip"), "compare", *[str(summaries[models.index(m)]) for m in group],
                     "--names", *[m.display for m in group], "-o", str(folder),
                     "--title", short_title(self.config)]
+            if caveat:
+                argv += ["--caveat", caveat]
             self.steps.run(f"compare/{group_name}", f"compare {' vs '.join(m.name for m in group)}", argv)
             outputs[group_name] = (group, folder)
         pairs = baseline_pairs(models)
@@ -234,11 +238,17 @@ class Finish:
             spreads = seed_spreads(models, seed_summaries)
             sections += seed_section(models, spreads, pairs) + [""]
             columns = seed_csv_columns(spreads)
+        sections += statistics_section(pairs, outputs, bool(self.settings.seeds)) + [""]
         rows = es_rows(diagnosed)
         sections += es_section(pairs, rows)
         files = compose_tables(self.config, self.steps.record.data, outputs, incomplete, self.config.output,
                                sections, columns)
-        caveat = figure_caveat(self.config)
+        for base, model in pairs:
+            folder = pair_compare_folder(base, model, outputs)
+            if folder is not None and (folder / "differences.png").is_file():
+                files[f"differences_{model.name}"] = self.config.output / DIFFERENCES_FIGURE.format(model=model.name)
+                with atomic_path(files[f"differences_{model.name}"]) as tmp:
+                    shutil.copyfile(folder / "differences.png", tmp)
         if rows:
             files["es_csv"] = self.config.output / ES_CSV
             write_es_csv(rows, files["es_csv"])

@@ -6,27 +6,18 @@
   scales like 1/sqrt(n) with the layer's weight count n, so 1x1 heads and transposed convs sit far
   above the 3x3x3 convs.
 - :func:`plot_history`: the evolution over the recorded epochs of training.
-Both write to a temporary name and rename, so a figure is either complete or absent.
+Both write to a temporary name and rename, so a figure is either complete or absent, and put an optional caveat
+(e.g. that the models come from a smoke-scale run) into the title (utilities/figures.py).
 """
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
-from nnunet_poolskip.utilities.atomic import atomic_path
+from nnunet_poolskip.utilities.figures import new_figure, save_figure, set_title
 
 PANELS = (("l2_l1", "l2 / l1"), ("hoyer", "Hoyer sparsity"), ("near_zero_fraction", "near-zero weights"),
           ("dead_fraction", "dead units"))
-
-
-def _save(fig, path: Union[str, os.PathLike]) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    path = Path(path)
-    FigureCanvasAgg(fig)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
 
 
 def _values(layers: Sequence[Dict], key: str) -> List[float]:
@@ -52,11 +43,9 @@ def plot_layer_curves(models: Sequence[Dict], path: Union[str, os.PathLike], cav
     label (several folds or seeds of one model) share a colour and one legend entry, drawn as thinner lines.
     ``caveat``: a first title line (e.g. that the run is smoke-scale).
     """
-    from matplotlib.figure import Figure
-
     panels = [(key, label) for key, label in PANELS
               if any(layer.get(key) is not None for model in models for layer in model["layers"])]
-    fig = Figure(figsize=(11, 2.6 * len(panels) + 1.0), layout="constrained")
+    fig = new_figure(11, 2.6 * len(panels) + 1.0)
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     labels = list(dict.fromkeys(model["model"] for model in models))
     runs = {label: sum(model["model"] == label for model in models) for label in labels}
@@ -93,13 +82,8 @@ def plot_layer_curves(models: Sequence[Dict], path: Union[str, os.PathLike], cav
     fig.legend(handles, legend_labels, loc="outside lower center", ncol=2, fontsize=8)
     title = "Per-layer weight sparsity and dead units" + (
         f" ({models[0].get('checkpoint', '')} checkpoint)" if models[0].get("checkpoint") else "")
-    fig.suptitle(with_caveat(title, caveat))
-    _save(fig, path)
-
-
-def with_caveat(title: str, caveat: Optional[str]) -> str:
-    """``title``, under a first line with ``caveat`` when one is given."""
-    return f"{caveat}\n{title}" if caveat else title
+    set_title(fig, title, caveat, fontsize=12)
+    save_figure(fig, path)
 
 
 def plot_history(models: Sequence[Dict], path: Union[str, os.PathLike], caveat: Optional[str] = None) -> bool:
@@ -110,13 +94,12 @@ def plot_history(models: Sequence[Dict], path: Union[str, os.PathLike], caveat: 
     writes nothing) when no model has a history. ``caveat``: a title line above the rows.
     """
     from matplotlib import cm, colors as mcolors
-    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     with_history = [model for model in models if len(model.get("history") or []) > 0]
     if not with_history:
         return False
-    fig = Figure(figsize=(13, 3.4 * len(with_history) + 0.6), layout="constrained")
+    fig = new_figure(13, 3.4 * len(with_history) + 0.9)
     axes = fig.subplots(len(with_history), 2, squeeze=False, gridspec_kw={"width_ratios": [2.2, 1]})
     for row, model in enumerate(with_history):
         history = model["history"]
@@ -149,6 +132,6 @@ def plot_history(models: Sequence[Dict], path: Union[str, os.PathLike], caveat: 
         ax_epochs.set_ylabel("l2 / l1")
         ax_epochs.grid(True, alpha=0.3)
         ax_epochs.legend(fontsize=7)
-    fig.suptitle(with_caveat("Weight diagnostics over training", caveat))
-    _save(fig, path)
+    set_title(fig, "Weight diagnostics over training", caveat, fontsize=12)
+    save_figure(fig, path)
     return True
