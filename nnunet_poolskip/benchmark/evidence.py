@@ -230,7 +230,7 @@ def write_es_csv(rows: Sequence[Dict], path: Path) -> None:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        writer.writerow(["" if row[c] is None else (f"{row[c]:.6f}" if isinstance(row[c], float) else row[c])
+        writer.writerow(["" if row[c] is None else (f"{row[c]:.8g}" if isinstance(row[c], float) else row[c])
                          for c in columns])
     write_text_atomic(buffer.getvalue(), path)
 

@@ -18,8 +18,9 @@ Unset, nothing is seeded: nnU-Net's own behaviour (it does not seed training on 
 """
 from __future__ import annotations
 
-import os
 from typing import Dict, Mapping, Optional
+
+from nnunet_poolskip.utilities.environment import integer_variable
 
 SCHEDULE_VARIABLES: Dict[str, str] = {
     "NNUNET_POOLSKIP_EPOCHS": "num_epochs",
@@ -38,20 +39,9 @@ def schedule_overrides(environ: Optional[Mapping[str, str]] = None) -> Dict[str,
 
     Raises ValueError naming the variable when a value is not a positive integer.
     """
-    environ = os.environ if environ is None else environ
-    overrides = {}
-    for variable, attribute in SCHEDULE_VARIABLES.items():
-        raw = environ.get(variable, "").strip()
-        if not raw:
-            continue
-        try:
-            value = int(raw)
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise ValueError(f"{variable} must be a positive integer, got {raw!r}")
-        overrides[attribute] = value
-    return overrides
+    values = {attribute: integer_variable(variable, environ, minimum=1)
+              for variable, attribute in SCHEDULE_VARIABLES.items()}
+    return {attribute: value for attribute, value in values.items() if value is not None}
 
 
 def schedule_environment(epochs: int, iterations: int, val_iterations: int) -> Dict[str, str]:
@@ -65,14 +55,4 @@ def seed_from_environment(environ: Optional[Mapping[str, str]] = None) -> Option
 
     Raises ValueError naming the variable when the value is not an integer from 0 to :data:`MAX_SEED`.
     """
-    environ = os.environ if environ is None else environ
-    raw = environ.get(SEED_VARIABLE, "").strip()
-    if not raw:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= MAX_SEED:
-        raise ValueError(f"{SEED_VARIABLE} must be an integer from 0 to {MAX_SEED}, got {raw!r}")
-    return value
+    return integer_variable(SEED_VARIABLE, environ, 0, MAX_SEED)

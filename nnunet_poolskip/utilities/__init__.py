@@ -1,1 +1,1 @@
-"""Small helpers shared across the package: atomic writes, image geometry."""
+"""Small helpers shared across the package: atomic writes, image geometry, figures, environment variables."""
