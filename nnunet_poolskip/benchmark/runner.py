@@ -76,6 +76,8 @@ class BenchmarkRunner:
                 if config.stage in ("all", "train"):
                     self.training.run()
                 if config.stage in ("all", "finish"):
+                    if config.stage == "finish":  # record the test cases for the table, as the prepare stage does
+                        self.preparation.check_test_set()
                     status = self.finishing.run()
                 elif config.stage != "all":
                     status = f"stage {config.stage} complete"

@@ -1,8 +1,8 @@
 """Figures of the diagnostics (matplotlib, no display needed: figures are drawn with the Agg canvas).
 
 - :func:`plot_layer_curves`: the paper's Figure 4 style: l2/l1 (and Hoyer, near-zero and dead-unit
-  fractions) along the host conv layers in data-flow order, one line per model; Pool Skip inner
-  convs as dashed lines with markers at their host's position. l2/l1 is drawn on a log scale: it
+  fractions) along the host conv layers in data-flow order, one line per model (colour, line style and
+  marker per model); Pool Skip inner convs as dotted lines with x markers at their host's position. l2/l1 is drawn on a log scale: it
   scales like 1/sqrt(n) with the layer's weight count n, so 1x1 heads and transposed convs sit far
   above the 3x3x3 convs.
 - :func:`plot_history`: the evolution over the recorded epochs of training.
@@ -16,6 +16,8 @@ from typing import Dict, List, Optional, Sequence, Union
 
 from nnunet_poolskip.utilities.figures import new_figure, save_figure, set_title
 
+LINE_STYLES = ("-", "--", "-.", (0, (5, 1, 1, 1, 1, 1)))
+MARKERS = ("o", "s", "^", "D")
 PANELS = (("l2_l1", "l2 / l1"), ("hoyer", "Hoyer sparsity"), ("near_zero_fraction", "near-zero weights"),
           ("dead_fraction", "dead units"))
 
@@ -31,7 +33,7 @@ def _stage_ticks(ax, hosts: Sequence[Dict]) -> None:
     for start in starts[1:]:
         ax.axvline(start - 0.5, color="0.85", linestyle=":", linewidth=0.8)
     ax.set_xticks([(s + e - 1) / 2 for s, e in zip(starts, ends)])
-    ax.set_xticklabels([hosts[s]["stage"] for s in starts], rotation=60, ha="right", fontsize=7)
+    ax.set_xticklabels([hosts[s]["stage"] for s in starts], rotation=45, ha="right", fontsize=8)
 
 
 def plot_layer_curves(models: Sequence[Dict], path: Union[str, os.PathLike], caveat: Optional[str] = None) -> None:
@@ -55,18 +57,22 @@ def plot_layer_curves(models: Sequence[Dict], path: Union[str, os.PathLike], cav
         hosts = [layer for layer in model["layers"] if layer["kind"] == "host"]
         position = {layer["name"]: i for i, layer in enumerate(hosts)}
         inner = [layer for layer in model["layers"] if layer["kind"] == "poolskip" and layer.get("host") in position]
-        color = colors[labels.index(model["model"]) % len(colors)]
+        index = labels.index(model["model"])
+        color = colors[index % len(colors)]
+        # line style and marker per model too, and an earlier model's markers larger and hollow: a model whose
+        # values equal another's (same layers, little training) stays visible under it
+        style = {"linestyle": LINE_STYLES[index % len(LINE_STYLES)], "marker": MARKERS[index % len(MARKERS)],
+                 "markersize": max(3.0, 7.0 - 2.0 * index), "markerfacecolor": "none" if index == 0 else color}
         several = runs[model["model"]] > 1
         first = model["model"] not in drawn
         drawn.add(model["model"])
         for ax, (key, label) in zip(axes, panels):
-            ax.plot(range(len(hosts)), _values(hosts, key), color=color, marker=".", markersize=3 if several else 4,
-                    linewidth=0.8 if several else 1.3, alpha=0.75 if several else 1.0,
+            ax.plot(range(len(hosts)), _values(hosts, key), color=color, **style,
+                    linewidth=0.8 if several else 1.3,
                     label=model["model"] + (f" ({runs[model['model']]} runs)" if several else "") if first else None)
             if inner and any(layer.get(key) is not None for layer in inner):
                 ax.plot([position[layer["host"]] for layer in inner], _values(inner, key), color=color,
-                        linestyle="--", marker="x", markersize=4, linewidth=0.6 if several else 0.9,
-                        alpha=0.75 if several else 1.0,
+                        linestyle=":", marker="x", markersize=5, linewidth=0.8 if several else 1.1,
                         label=f"{model['model']} (Pool Skip inner convs)" if first else None)
             ax.set_ylabel(label)
             ax.grid(True, alpha=0.3, which="both")

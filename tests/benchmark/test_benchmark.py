@@ -667,6 +667,7 @@ def test_benchmark_with_seeds_killed_in_the_second_seed_then_resumed(tmp_path):
 
     # the finish stage again: predictions, evaluations and diagnostics are kept (newer than the checkpoints)
     assert main(["benchmark", *args, "--stage", "finish"]) == 0
+    assert "evaluated on all 2 test cases" in (out / "table.md").read_text()  # the finish stage alone knows them
     steps = json.loads((out / "run.json").read_text())["steps"]
     for seed in (0, 1):
         for kind in ("predict/nnunet", "evaluate/nnunet_poolskip", "diagnose/nnunet_poolskip"):
