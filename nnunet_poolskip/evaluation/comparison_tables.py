@@ -421,10 +421,14 @@ def plot_differences(statistics: Mapping, labels: Mapping[str, str], path: os.Pa
     axes_list = figure.subplots(1, len(METRIC_COLUMNS), sharey=True, squeeze=False)[0]
     colours = [f"C{i}" for i in range(10)]
     offsets = (np.arange(n_models) - (n_models - 1) / 2) * (0.7 / n_models)
-    tick_labels = []
+    tick_labels, small = [], False
     for row in rows:
-        ns = sorted({e["n"] for e in comparisons if e["label"] == row and e["metric"] == "dice"})
-        text = names[row] + (f" (n={'/'.join(map(str, ns))})" if ns and ns != [0] else " (no paired cases)")
+        entries = [e for e in comparisons if e["label"] == row and e["n"] > 0]
+        ns = sorted({e["n"] for e in entries if e["metric"] == "dice"})
+        text = names[row] + (f" (n={'/'.join(map(str, ns))})" if entries else " (no paired cases)")
+        if any(not can_reach_significance(e) for e in entries):
+            text += f" {SMALL_N_MARK}"
+            small = True
         tick_labels.append(text)
     for axes, (metric, _) in zip(axes_list, METRIC_COLUMNS):
         axes.axvline(0, color="0.3", linewidth=1)
@@ -457,7 +461,11 @@ def plot_differences(statistics: Mapping, labels: Mapping[str, str], path: os.Pa
                        "(organs: Holm-adjusted)"),
                 Line2D([], [], color="0.3", marker="o", markerfacecolor="white", linestyle="none",
                        label=f"p ≥ {SIGNIFICANCE_LEVEL:g} or not testable")]
-    figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), frameon=False)
+    if small:
+        handles.append(Line2D([], [], linestyle="none", label=f"{SMALL_N_MARK} at most 5 cases differ: the test "
+                              f"cannot reach p < {SIGNIFICANCE_LEVEL:g}; the interval is unreliable"))
+    figure.legend(handles=handles, loc="outside lower center", ncols=2 if small else min(len(handles), 4),
+                  frameon=False)
     set_title(figure, f"Paired differences against {baseline}: mean over cases and 95% bootstrap interval", caveat)
     save_figure(figure, path)
 
@@ -510,7 +518,10 @@ def compare_summaries(paths: Sequence[os.PathLike | str], names: Optional[Sequen
     write_text_atomic(per_organ_markdown(summaries, names, statistics, caveat), outputs["per_organ"])
     write_text_atomic(per_organ_csv(summaries, names, statistics), outputs["per_organ_csv"])
     plot_per_organ_dice(summaries, names, outputs["plot"], caveat)
-    if statistics is not None:
+    if statistics is None:  # a single summary: what an earlier compare into this folder left would contradict it
+        for kind in ONE_MODEL_OUTPUTS:
+            (folder / OUTPUT_FILES[kind]).unlink(missing_ok=True)
+    else:
         write_json_atomic(statistics, outputs["statistics"])
         plot_differences(statistics, summaries[0]["labels"], outputs["differences_plot"], caveat)
     return outputs

@@ -94,7 +94,9 @@ def test_console_script_default_names(tmp_path, summaries):
 
 
 def test_one_summary_writes_tables_without_statistics(tmp_path, summaries):
-    a, _, _ = summaries
+    a, b, _ = summaries
+    assert main(["compare", str(a), str(b), "-o", str(tmp_path / "cmp")]) == 0
+    # the same folder again with one summary: no statistics of the earlier pair stay behind
     assert main(["compare", str(a), "-o", str(tmp_path / "cmp")]) == 0
     assert {p.name for p in (tmp_path / "cmp").iterdir()} == {"table3.md", "table3.csv", "per_organ.md",
                                                               "per_organ.csv", "per_organ_dice.png"}

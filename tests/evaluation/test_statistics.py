@@ -154,7 +154,11 @@ def test_degenerate_conventions():
     assert zeros["p_wilcoxon"] is None and zeros["ties"] == 2 and zeros["ci95"] == [0.0, 0.0]
 
 
-def test_tables_show_interval_p_and_small_n_in_words(tmp_path):
+def test_tables_show_interval_p_and_small_n_in_words(tmp_path, monkeypatch):
+    figures = {}
+    saved = comparison_tables.save_figure
+    monkeypatch.setattr(comparison_tables, "save_figure",
+                        lambda fig, path: (figures.__setitem__(path.name, fig), saved(fig, path)))
     rng = np.random.default_rng(3)
     a = write_summary(tmp_path / "a" / "summary.json", random_values(rng, ["p", "q", "r", "s"]))
     b = write_summary(tmp_path / "b" / "summary.json", random_values(rng, ["p", "q", "r", "s"], shift=0.1))
@@ -180,6 +184,10 @@ def test_tables_show_interval_p_and_small_n_in_words(tmp_path):
     per_organ = (out / "per_organ.md").read_text()
     assert per_organ.startswith("> **SMOKE-SCALE run on synthetic phantoms**\n")
     assert "cannot reach p < 0.05" in per_organ
+    forest = figures["differences.png"]
+    assert [t.get_text() for t in forest.axes[0].get_yticklabels()] == [
+        "foreground, per-case mean (n=4) ‡", "liver (n=4) ‡", "spleen (n=4) ‡", "pancreas (n=4) ‡"]
+    assert any("cannot reach p < 0.05" in t.get_text() for t in forest.legends[0].get_texts())
 
     csv_row = (out / "table3.csv").read_text().splitlines()
     header, ours = csv_row[0].split(","), dict(zip(csv_row[0].split(","), csv_row[2].split(",")))
