@@ -142,16 +142,20 @@ def test_pool_skip_model_keeps_host_names_and_reports_inner_convs_separately():
 def test_encoder_summary_counts_encoder_host_convs_only():
     network = small_unet()
     plant(network)  # 2 dead units in the encoder (ZEROED), 2 in the decoder (FORCED, not counted)
-    inject_pool_skip(network, "all")
     batch = torch.randn(1, 1, 16, 24, 24, generator=torch.Generator().manual_seed(1))
     records = layer_diagnostics(network, [batch])
     summary = encoder_summary(records)
     hosts = [r for r in records if r["kind"] == "host" and r["name"].startswith("encoder.")]
-    assert summary["n_layers"] == len(hosts) == 6  # 3 stages x 2 convs; inner Pool Skip convs left out
+    assert summary["n_layers"] == len(hosts) == 6  # 3 stages x 2 convs
     assert summary["l2_l1_median"] == pytest.approx(float(np.median([r["l2_l1"] for r in hosts])), rel=1e-12)
     assert (summary["n_dead_units"], summary["n_units"]) == (len(ZEROED_CHANNELS), 2 * (8 + 16 + 32))
     assert summary["dead_fraction"] == pytest.approx(2 / 112)
-    weights_only = encoder_summary(layer_diagnostics(network))
+    # with Pool Skip: its inner convs are left out, the host convs' figures are the same weights'
+    inject_pool_skip(network, "all")
+    with_pool_skip = layer_diagnostics(network)
+    assert sum(r["kind"] == "poolskip" for r in with_pool_skip) == 6
+    weights_only = encoder_summary(with_pool_skip)
+    assert weights_only["n_layers"] == 6
     assert (weights_only["n_units"], weights_only["dead_fraction"]) == (0, None)
     assert weights_only["l2_l1_median"] == pytest.approx(summary["l2_l1_median"])
     assert encoder_summary([])["l2_l1_median"] is None
