@@ -159,12 +159,14 @@ def run(args: argparse.Namespace) -> int:
         config = build_config(args)
         trainers = sorted(set(config.trainers().values()))
         check_trainers_available(trainers)
-        if config.settings.short_schedule:
-            ignoring = [t for t in trainers if t not in TRAINERS]
-            if ignoring:
-                raise ValueError(f"trainer(s) {ignoring} ignore the short schedule (--epochs/--iterations or the "
-                                 f"demo profile): only nnunet-poolskip's trainers read it; use nnunet instead of "
-                                 f"nnunet_stock")
+        ignoring = [t for t in trainers if t not in TRAINERS]
+        if config.settings.short_schedule and ignoring:
+            raise ValueError(f"trainer(s) {ignoring} ignore the short schedule (--epochs/--iterations or the "
+                             f"demo profile): only nnunet-poolskip's trainers read it; use nnunet instead of "
+                             f"nnunet_stock")
+        if config.settings.seeds and ignoring:
+            raise ValueError(f"trainer(s) {ignoring} ignore the seed (--seeds sets NNUNET_POOLSKIP_SEED, which only "
+                             f"nnunet-poolskip's trainers read); use nnunet instead of nnunet_stock")
         if args.emit:
             kind, folder = args.emit
             if kind != "slurm":

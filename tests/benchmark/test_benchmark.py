@@ -399,6 +399,8 @@ def test_slurm_array_has_one_task_per_model_fold_and_seed(tmp_path):
     (["--profile", "paper", "--raw", "/nonexistent/btcv"], "--raw /nonexistent/btcv is not a folder"),
     (["--profile", "demo", "--models", "nnunet,unet"], "unknown model 'unet'"),
     (["--profile", "demo", "--models", "nnunet_stock"], "ignore the short schedule"),
+    (["--profile", "paper", "--models", "nnunet_stock", "--seeds", "0", "1"], "ignore the seed"),
+    (["--profile", "demo", "--seeds", "1", "1"], "--seeds must be distinct"),
     (["--profile", "paper", "--num-gpus", "2", "--device", "cpu"], "--num-gpus > 1"),
     (["--profile", "demo", "--dataset", "Dataset123_Missing"], "Dataset123_Missing not found in nnUNet_raw"),
     (["--profile", "demo", "--stage", "finish"], "not converted yet"),
