@@ -30,6 +30,7 @@ from torch import nn
 
 from nnunet_poolskip.diagnostics.layer_statistics import NEAR_ZERO_FACTOR, layer_diagnostics
 from nnunet_poolskip.utilities.atomic import write_text_atomic
+from nnunet_poolskip.utilities.environment import integer_variable
 
 DIAG_EVERY_VARIABLE = "NNUNET_POOLSKIP_DIAG_EVERY"
 DEFAULT_DIAG_EVERY = 50
@@ -43,17 +44,8 @@ def diagnostics_every(environ: Optional[Mapping[str, str]] = None) -> int:
 
     Raises ValueError naming the variable when the value is not an integer >= 0.
     """
-    environ = os.environ if environ is None else environ
-    raw = environ.get(DIAG_EVERY_VARIABLE, "").strip()
-    if not raw:
-        return DEFAULT_DIAG_EVERY
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ValueError(f"{DIAG_EVERY_VARIABLE} must be an integer >= 0 (0 turns recording off), got {raw!r}")
-    return value
+    value = integer_variable(DIAG_EVERY_VARIABLE, environ, minimum=0, meaning=" (0 turns recording off)")
+    return DEFAULT_DIAG_EVERY if value is None else value
 
 
 def should_record(completed_epochs: int, every: int, num_epochs: int) -> bool:

@@ -9,11 +9,18 @@ keep one class per architecture, every trainer of this project reads these varia
     NNUNET_POOLSKIP_VAL_ITERS   num_val_iterations_per_epoch   (default 50)
 
 Unset variables leave nnU-Net's defaults untouched.
+
+One more variable, read by the same trainers at start-up, seeds the run (see :func:`seed_from_environment`):
+
+    NNUNET_POOLSKIP_SEED        seeds Python's ``random``, NumPy's global generator and torch (CPU and CUDA)
+
+Unset, nothing is seeded: nnU-Net's own behaviour (it does not seed training on purpose).
 """
 from __future__ import annotations
 
-import os
 from typing import Dict, Mapping, Optional
+
+from nnunet_poolskip.utilities.environment import integer_variable
 
 SCHEDULE_VARIABLES: Dict[str, str] = {
     "NNUNET_POOLSKIP_EPOCHS": "num_epochs",
@@ -21,29 +28,31 @@ SCHEDULE_VARIABLES: Dict[str, str] = {
     "NNUNET_POOLSKIP_VAL_ITERS": "num_val_iterations_per_epoch",
 }
 
+SEED_VARIABLE = "NNUNET_POOLSKIP_SEED"
+"""The environment variable that seeds a training run of this project's trainers."""
+MAX_SEED = 2 ** 32 - 1
+"""The largest seed (NumPy's global generator takes 32-bit seeds)."""
+
 
 def schedule_overrides(environ: Optional[Mapping[str, str]] = None) -> Dict[str, int]:
     """Trainer attribute -> value for every schedule variable set in ``environ`` (default os.environ).
 
     Raises ValueError naming the variable when a value is not a positive integer.
     """
-    environ = os.environ if environ is None else environ
-    overrides = {}
-    for variable, attribute in SCHEDULE_VARIABLES.items():
-        raw = environ.get(variable, "").strip()
-        if not raw:
-            continue
-        try:
-            value = int(raw)
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise ValueError(f"{variable} must be a positive integer, got {raw!r}")
-        overrides[attribute] = value
-    return overrides
+    values = {attribute: integer_variable(variable, environ, minimum=1)
+              for variable, attribute in SCHEDULE_VARIABLES.items()}
+    return {attribute: value for attribute, value in values.items() if value is not None}
 
 
 def schedule_environment(epochs: int, iterations: int, val_iterations: int) -> Dict[str, str]:
     """The environment variables that give a trainer this short schedule."""
     values = (epochs, iterations, val_iterations)
     return {variable: str(value) for variable, value in zip(SCHEDULE_VARIABLES, values)}
+
+
+def seed_from_environment(environ: Optional[Mapping[str, str]] = None) -> Optional[int]:
+    """The seed in ``NNUNET_POOLSKIP_SEED`` of ``environ`` (default os.environ); None when unset or empty.
+
+    Raises ValueError naming the variable when the value is not an integer from 0 to :data:`MAX_SEED`.
+    """
+    return integer_variable(SEED_VARIABLE, environ, 0, MAX_SEED)

@@ -1,1 +1,2 @@
-"""Small helpers shared across the package: atomic writes and output paths, image geometry, image file completeness."""
+"""Small helpers shared across the package: atomic writes and output paths, image geometry, image file
+completeness, figures, environment variables."""

@@ -25,7 +25,8 @@ from nnunet_poolskip.benchmark.finish import Finish
 from nnunet_poolskip.benchmark.profiles import resolve_settings
 from nnunet_poolskip.benchmark.protocol import MODELS, PAPER_MODELS, parse_models, resolve_model
 from nnunet_poolskip.benchmark.training_runs import (EPOCH_TIME, FoldState, checkpoint_readable, epoch_times,
-                                                     fold_state, set_aside_unreadable_checkpoints, train_command)
+                                                     fold_state, planned_runs, set_aside_unreadable_checkpoints,
+                                                     train_command)
 from nnunet_poolskip.benchmark.runinfo import RunRecord
 from nnunet_poolskip.benchmark.steps import Steps
 from nnunet_poolskip.benchmark.workspace import NNUNET_FOLDERS, Workspace, parse_dataset, step_environment
@@ -93,6 +94,77 @@ def test_profiles_and_overrides():
         resolve_settings("paper", epochs=0)
     with pytest.raises(ValueError, match="distinct"):
         resolve_settings("paper", folds=[0, 0])
+
+
+def test_seeds_setting_run_order_and_step_environment(tmp_path):
+    settings = resolve_settings("demo", seeds=[2, 0])
+    assert settings.seeds == (2, 0) and settings.run_seeds == (2, 0) and settings.overridden == ["seeds"]
+    assert settings.override_arguments() == ["--seeds", "2", "0"]
+    assert resolve_settings("demo").run_seeds == (None,) and resolve_settings("paper").seeds is None
+    for bad in ([1, 1], [-1], [2 ** 32]):
+        with pytest.raises(ValueError, match="--seeds must be distinct integers from 0 to 4294967295"):
+            resolve_settings("demo", seeds=bad)
+    # seed by seed; a trainer shared by two models trained once per seed and fold
+    models = parse_models("nnunet,nnunet_poolskip_all,nnunet_poolskip")
+    runs = [(m.name, t, f, seed) for m, t, f, seed in planned_runs(models, "btcv", (0, 1), (5, 6))]
+    assert runs == [(m, t, f, seed) for seed in (5, 6)
+                    for m, t in (("nnunet", "nnUNetTrainerBaseline"), ("nnunet_poolskip_all", "nnUNetTrainerPoolSkip"))
+                    for f in (0, 1)]
+    ws = Workspace.under(tmp_path)
+    leftover = clean_env(NNUNET_POOLSKIP_SEED="9")
+    env, added = step_environment(leftover, ws, settings, "train", seed=5)
+    assert (env["nnUNet_results"], env["NNUNET_POOLSKIP_SEED"]) == (str(ws.results / "seed_5"), "5")
+    assert added["NNUNET_POOLSKIP_SEED"] == "5" and env["nnUNet_preprocessed"] == str(ws.preprocessed)
+    env, _ = step_environment(leftover, ws, settings, "other", seed=5)  # predict: the seed's models, no seeding
+    assert env["nnUNet_results"] == str(ws.results / "seed_5") and "NNUNET_POOLSKIP_SEED" not in env
+    env, _ = step_environment(leftover, ws, settings, "train")  # a leftover seed never seeds an unseeded run
+    assert env["nnUNet_results"] == str(ws.results) and "NNUNET_POOLSKIP_SEED" not in env
+
+
+def test_dry_run_with_seeds_lists_every_seed_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "results"
+    assert main(["benchmark", "--profile", "demo", "--models", "nnunet,nnunet_poolskip", "--folds", "0", "--seeds",
+                 "0", "3", "--work", str(tmp_path / "work"), "--output", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "4 runs (2 models x 1 folds 0 x 2 seeds 0 3)" in printed
+    for seed in (0, 3):
+        assert re.search(rf"nnunet_poolskip +nnUNetTrainerPoolSkip +seed {seed} fold 0: new", printed)
+        assert re.search(rf"nnunet +seed {seed} evaluation summary: to do", printed)
+    assert not out.exists()
+
+
+def test_seed_spread_table_and_sentence(tmp_path):
+    from nnunet_poolskip.benchmark.evidence import seed_csv_columns, seed_section, seed_spreads
+
+    models = parse_models("nnunet,nnunet_poolskip")
+    dice = {"nnunet": {0: 0.61, 1: 0.64, 2: 0.58}, "nnunet_poolskip": {0: 0.70, 1: 0.69, 2: 0.72}}
+    paths = {}
+    for name, per_seed in dice.items():
+        for seed, value in per_seed.items():
+            path = tmp_path / f"{name}_{seed}.json"
+            path.write_text(json.dumps({"foreground_mean": {"dice": value, "nsd": 0.5, "iou": 0.4}}))
+            paths.setdefault(name, {})[seed] = path
+    spreads = seed_spreads(models, paths)
+    import numpy as np
+
+    base_sd, model_sd = np.std(list(dice["nnunet"].values()), ddof=1), np.std(list(dice["nnunet_poolskip"].values()),
+                                                                              ddof=1)
+    difference = 100 * (np.mean(list(dice["nnunet_poolskip"].values())) - np.mean(list(dice["nnunet"].values())))
+    assert spreads["nnunet"].sd == pytest.approx(base_sd) and spreads["nnunet_poolskip"].mean == pytest.approx(0.70333,
+                                                                                                              abs=1e-5)
+    lines = seed_section(models, spreads, [(models[0], models[1])])
+    assert "| nnU-Net | 61.00 | 64.00 | 58.00 | 61.00 | 3.00 |" in lines
+    assert lines[-1] == (f"nnU-Net + Pool Skip vs nnU-Net: the difference of the seed means, {difference:+.2f} points, is "
+                         f"larger than the spread between seeds (SD over 3 seeds: {100 * max(base_sd, model_sd):.2f} "
+                         f"points, the larger of the two models' SDs).")
+    assert seed_csv_columns(spreads)["dice_seed_sd_percent"]["nnunet"] == f"{100 * base_sd:.4f}"
+    # a difference within the spread, and a single seed
+    paths["nnunet_poolskip"][1].write_text(json.dumps({"foreground_mean": {"dice": 0.50}}))
+    assert "is NOT larger than the spread" in seed_section(models, seed_spreads(models, paths),
+                                                           [(models[0], models[1])])[-1]
+    one = {name: {0: per_seed[0]} for name, per_seed in paths.items()}
+    assert "with one seed the spread between seeds is unknown" in seed_section(
+        models, seed_spreads(models, one), [(models[0], models[1])])[-1]
 
 
 # ------------------------------------------------------------------------------------- fold states
@@ -323,6 +395,20 @@ def test_slurm_scripts_for_amos_on_gpus(tmp_path):
     assert 'sbatch --parsable --dependency=afterok:"$train" finish.sbatch' in submit
 
 
+def fake_train(folder: Path, tmp_path: Path, record: str) -> Path:
+    """Put a stand-in nnUNetv2_train first on the PATH of the emitted jobs; it appends ``record`` (expanded by bash)
+    to the returned file."""
+    fake_bin = tmp_path / "fake_bin"
+    fake_bin.mkdir()
+    calls = tmp_path / "calls.txt"
+    fake = fake_bin / "nnUNetv2_train"
+    fake.write_text(f'#!/bin/bash\necho "{record}" >> {calls}\n')
+    fake.chmod(0o755)
+    env_sh = folder / "env.sh"
+    env_sh.write_text(env_sh.read_text() + f'\nexport PATH={fake_bin}:"$PATH"\n')
+    return calls
+
+
 def test_slurm_train_task_skips_done_folds_and_resumes_interrupted_ones(tmp_path):
     folder = emit(tmp_path, "--profile", "demo", "--models", "nnunet,nnunet_poolskip", "--folds", "0", "1",
                   "--epochs", "2")
@@ -334,15 +420,7 @@ def test_slurm_train_task_skips_done_folds_and_resumes_interrupted_ones(tmp_path
     assert "export NNUNET_POOLSKIP_EPOCHS=2" in train and "export nnUNet_n_proc_DA=0" in train
     assert "--expect-schedule 2 10 2)" in train  # the demo's iterations, the epochs given
     assert "#SBATCH --gres" not in train  # CPU profile
-    # a stand-in nnUNetv2_train that records its arguments, first on PATH
-    fake_bin = tmp_path / "fake_bin"
-    fake_bin.mkdir()
-    calls = tmp_path / "calls.txt"
-    fake = fake_bin / "nnUNetv2_train"
-    fake.write_text(f'#!/bin/bash\necho "$NNUNET_POOLSKIP_EPOCHS $*" >> {calls}\n')
-    fake.chmod(0o755)
-    env_sh = folder / "env.sh"
-    env_sh.write_text(env_sh.read_text() + f'\nexport PATH={fake_bin}:"$PATH"\n')
+    calls = fake_train(folder, tmp_path, "$NNUNET_POOLSKIP_EPOCHS $*")
     model_dir = tmp_path / "work" / "nnUNet_results" / "Dataset017_BTCV"
     base = model_dir / "nnUNetTrainerBaseline__nnUNetPlansCPU__3d_fullres"
     poolskip = model_dir / "nnUNetTrainerPoolSkip__nnUNetPlansCPU__3d_fullres"
@@ -370,11 +448,44 @@ def test_slurm_train_task_skips_done_folds_and_resumes_interrupted_ones(tmp_path
     assert bad.returncode == 1 and "no benchmark run for array task 4" in bad.stderr
 
 
+def test_slurm_array_has_one_task_per_model_fold_and_seed(tmp_path):
+    folder = emit(tmp_path, "--profile", "demo", "--models", "nnunet,nnunet_poolskip", "--folds", "0", "--seeds",
+                  "0", "1")
+    train = (folder / "train.sbatch").read_text()
+    results = tmp_path / "work" / "nnUNet_results"
+    tasks = re.findall(r"^\s*(\d+)\) MODEL=(\w+); TRAINER=(\w+); FOLD=(\d+); SEED=(\d+); RESULTS=(\S+) ;;$", train, re.M)
+    assert [(m, f, seed, r) for _, m, _, f, seed, r in tasks] == [
+        (m, "0", seed, str(results / f"seed_{seed}")) for seed in "01" for m in ("nnunet", "nnunet_poolskip")]
+    assert "#SBATCH --array=0-3" in train
+    assert "unset NNUNET_POOLSKIP_EPOCHS NNUNET_POOLSKIP_ITERS NNUNET_POOLSKIP_VAL_ITERS NNUNET_POOLSKIP_SEED" in \
+        (folder / "env.sh").read_text()
+    assert "--seeds 0 1" in (folder / "finish.sbatch").read_text()
+    # run the tasks against a stand-in nnUNetv2_train: seed 0's baseline fold is done, the others are new
+    calls = fake_train(folder, tmp_path, "$NNUNET_POOLSKIP_SEED $nnUNet_results $*")
+    done = results / "seed_0" / "Dataset017_BTCV" / "nnUNetTrainerBaseline__nnUNetPlansCPU__3d_fullres" / "fold_0"
+    (done / "validation").mkdir(parents=True)
+    write_checkpoint(done / "checkpoint_final.pth")
+    (done / "validation" / "summary.json").write_text("{}")
+    (results / "Dataset017_BTCV").mkdir(parents=True)  # an unseeded run's folder: never used by seeded tasks
+    for task in range(4):
+        proc = subprocess.run(["bash", str(folder / "train.sbatch")],
+                              env=clean_env(SLURM_ARRAY_TASK_ID=str(task), NNUNET_POOLSKIP_SEED="99"),
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        if task == 0:
+            assert "nnunet fold 0 seed 0: done" in proc.stdout
+    assert calls.read_text().splitlines() == [
+        f"{seed} {results / f'seed_{seed}'} 17 3d_fullres 0 -tr {trainer} -p nnUNetPlansCPU -device cpu"
+        for seed, trainer in ((0, "nnUNetTrainerPoolSkip"), (1, "nnUNetTrainerBaseline"), (1, "nnUNetTrainerPoolSkip"))]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--profile", "paper"], "--raw is required: the BTCV download folder"),
     (["--profile", "paper", "--raw", "/nonexistent/btcv"], "--raw /nonexistent/btcv is not a folder"),
     (["--profile", "demo", "--models", "nnunet,unet"], "unknown model 'unet'"),
     (["--profile", "demo", "--models", "nnunet_stock"], "ignore the short schedule"),
+    (["--profile", "paper", "--models", "nnunet_stock", "--seeds", "0", "1"], "ignore the seed"),
+    (["--profile", "demo", "--seeds", "1", "1"], "--seeds must be distinct"),
     (["--profile", "paper", "--num-gpus", "2", "--device", "cpu"], "--num-gpus > 1"),
     (["--profile", "demo", "--dataset", "Dataset123_Missing"], "Dataset123_Missing not found in nnUNet_raw"),
     (["--profile", "demo", "--stage", "finish"], "not converted yet"),
@@ -407,33 +518,30 @@ def group_alive(pgid: int) -> list:
     return alive
 
 
-@pytest.mark.integration
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and uses PR_SET_PDEATHSIG")
-def test_scaled_down_benchmark_killed_mid_training_then_resumed(tmp_path):
-    split = tmp_path / "split.json"  # 2 test cases, 6 train+val cases, the paper's 5 folds
+def write_split(tmp_path: Path) -> Path:
+    """A BTCV split file: 2 test cases, 6 train+val cases, the paper's 5 folds."""
+    split = tmp_path / "split.json"
     split.write_text(json.dumps({"dataset": "BTCV", "test": ["img0001", "img0002"],
                                  "train": [f"img{i:04d}" for i in range(3, 9)], "folds": {"n_folds": 5, "seed": 1}}))
-    out = tmp_path / "results"
-    argv = [str(BIN / "nnunet-poolskip"), "benchmark", *SCALED_DOWN, "--split-file", str(split), "--output", str(out)]
-    env = clean_env()
-    models = out / "nnunet" / "nnUNet_results" / "Dataset017_BTCV"
-    fold0 = models / "nnUNetTrainerBaseline__nnUNetPlansCPU__3d_fullres" / "fold_0"
-    fold1 = fold0.parent / "fold_1"
+    return split
 
-    # 1) run until the second fold has finished its first epoch, then SIGKILL the runner only
-    log = open(tmp_path / "first_run.log", "w")
+
+def run_until_second_epoch_then_kill(argv, env, log_path: Path, fold: Path) -> FoldState:
+    """Run the benchmark until ``fold`` has finished its first epoch, SIGKILL the runner only, check that the
+    training it started died with it, and return the fold's state at the kill."""
+    log = open(log_path, "w")
     proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 900
         # nnU-Net logs "Epoch 1" after saving the checkpoints of epoch 0: a complete checkpoint_best.pth exists
-        while not any(re.search(r": Epoch 1\s*$", p.read_text(), re.M) for p in fold1.glob("training_log_*.txt")):
-            assert proc.poll() is None, (tmp_path / "first_run.log").read_text()[-3000:]
-            assert time.time() < deadline, "the second fold never reached its second epoch"
+        while not any(re.search(r": Epoch 1\s*$", p.read_text(), re.M) for p in fold.glob("training_log_*.txt")):
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.time() < deadline, f"{fold} never reached its second epoch"
             time.sleep(0.2)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        state_at_kill = fold_state(fold1)
-        # PR_SET_PDEATHSIG: the training the runner started dies with it (no orphan writes into fold_1)
+        state_at_kill = fold_state(fold)
+        # PR_SET_PDEATHSIG: the training the runner started dies with it (no orphan writes into the fold)
         deadline = time.time() + 30
         while group_alive(proc.pid) and time.time() < deadline:
             time.sleep(0.2)
@@ -442,9 +550,38 @@ def test_scaled_down_benchmark_killed_mid_training_then_resumed(tmp_path):
         if proc.poll() is None or group_alive(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
-    assert fold_state(fold0) == FoldState.DONE and state_at_kill != FoldState.DONE
-    checkpoint0 = fold0 / "checkpoint_final.pth"
-    before = (checkpoint0.stat().st_mtime_ns, checkpoint0.read_bytes(), sorted(fold0.glob("training_log_*.txt")))
+    assert state_at_kill != FoldState.DONE
+    return state_at_kill
+
+
+def fingerprint(fold: Path):
+    """What must not change in a finished fold: its final checkpoint's bytes and time, its training logs."""
+    checkpoint = fold / "checkpoint_final.pth"
+    return checkpoint.stat().st_mtime_ns, checkpoint.read_bytes(), sorted(fold.glob("training_log_*.txt"))
+
+
+def png_size(path: Path):
+    """(width, height) in pixels of a PNG file (from its IHDR chunk)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and uses PR_SET_PDEATHSIG")
+def test_scaled_down_benchmark_killed_mid_training_then_resumed(tmp_path):
+    split = write_split(tmp_path)
+    out = tmp_path / "results"
+    argv = [str(BIN / "nnunet-poolskip"), "benchmark", *SCALED_DOWN, "--split-file", str(split), "--output", str(out)]
+    env = clean_env()
+    models = out / "nnunet" / "nnUNet_results" / "Dataset017_BTCV"
+    fold0 = models / "nnUNetTrainerBaseline__nnUNetPlansCPU__3d_fullres" / "fold_0"
+    fold1 = fold0.parent / "fold_1"
+
+    # 1) run until the second fold has finished its first epoch, then SIGKILL the runner only
+    state_at_kill = run_until_second_epoch_then_kill(argv, env, tmp_path / "first_run.log", fold1)
+    assert fold_state(fold0) == FoldState.DONE
+    before = fingerprint(fold0)
     assert not (out / "table.md").exists()
     record = json.loads((out / "run.json").read_text())
     assert record["steps"]["train/nnUNetTrainerBaseline/fold_1"]["status"] == "running"  # as the kill left it
@@ -452,8 +589,7 @@ def test_scaled_down_benchmark_killed_mid_training_then_resumed(tmp_path):
     # 2) rerun with the same arguments: completes without retraining fold 0
     rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stdout[-4000:] + rerun.stderr[-4000:]
-    assert (checkpoint0.stat().st_mtime_ns, checkpoint0.read_bytes(), sorted(fold0.glob("training_log_*.txt"))) \
-        == before
+    assert fingerprint(fold0) == before
     record = json.loads((out / "run.json").read_text())
     assert [i["status"] for i in record["invocations"]] == ["interrupted", "complete"]
     steps = record["steps"]
@@ -495,8 +631,22 @@ def test_scaled_down_benchmark_killed_mid_training_then_resumed(tmp_path):
     table = (out / "table.md").read_text()
     assert "SMOKE-SCALE RUN ON SYNTHETIC PHANTOMS: NOT A REPRODUCTION" in table
     assert "2 fold(s) (0 1) instead of the paper's 5" in table and "Status: complete" in table
-    assert (out / "per_organ_dice.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert table in rerun.stdout  # the run ends by printing the table
+    # the evidence: paired statistics of the pair, the diagnostics of both folds, the figures
+    assert "## Paired statistics, each Pool Skip model against its own baseline" in table
+    assert "## Elimination singularities" in table and "## Spread between seeds" not in table
+    for fold in (0, 1):
+        report = json.loads((out / "diagnostics" / "nnunet_poolskip" / f"fold_{fold}" / "diagnostics.json").read_text())
+        assert (report["trainer"], report["compare"][0]["trainer"], report["fold"]) == (
+            "nnUNetTrainerBaseline", "nnUNetTrainerPoolSkip", fold)
+        assert report["data"]["n_samples"] == 2  # a smoke run diagnoses few cases
+    with open(out / "elimination_singularities.csv", newline="") as handle:
+        assert sorted((r["model"], r["fold"], r["seed"]) for r in csv.DictReader(handle)) == [
+            ("nnunet", "0", ""), ("nnunet", "1", ""), ("nnunet_poolskip", "0", ""), ("nnunet_poolskip", "1", "")]
+    for name in ("per_organ_dice.png", "training_curves.png", "overlays.png", "differences_nnunet_poolskip.png",
+                 "elimination_singularities_nnunet_poolskip.png"):
+        width, height = png_size(out / name)
+        assert 800 <= width <= 2000 and height >= 300, (name, width, height)
 
     # 4) another protocol into the same folder is refused before any work
     assert main(["benchmark", *SCALED_DOWN, "--epochs", "3", "--split-file", str(split), "--output", str(out)]) == 2
@@ -506,6 +656,7 @@ def test_scaled_down_benchmark_killed_mid_training_then_resumed(tmp_path):
     summary1.rename(summary1.with_name("summary.json.moved"))
     finish = ["benchmark", *SCALED_DOWN, "--split-file", str(split), "--output", str(out), "--stage", "finish"]
     assert main(finish) == 2 and not (out / "table.md").exists()  # refused, and the old table is gone
+    assert not (out / "elimination_singularities_nnunet_poolskip.png").exists() and not (out / "overlays.png").exists()
     assert main(finish + ["--keep-going"]) == 1
     table = (out / "table.md").read_text()
     assert "**INCOMPLETE RUN.**" in table and "nnunet_poolskip (fold 1 validate)" in table
@@ -514,3 +665,100 @@ def test_scaled_down_benchmark_killed_mid_training_then_resumed(tmp_path):
     with open(out / "table.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["model"], r["run_complete"]) for r in rows] == [("nnU-Net", "false")]
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and uses PR_SET_PDEATHSIG")
+def test_benchmark_with_seeds_killed_in_the_second_seed_then_resumed(tmp_path):
+    """--seeds 0 1 on one fold: killed while seed 1 trains, the rerun keeps seed 0 untouched and finishes; per-seed
+    predictions and summaries, the seed-averaged summaries compare gets, the seed spread in table.md."""
+    import numpy as np
+
+    from nnunet_poolskip.diagnostics.layer_statistics import is_encoder_stage
+
+    split = write_split(tmp_path)
+    out = tmp_path / "results"
+    args = [*SCALED_DOWN, "--folds", "0", "--seeds", "0", "1", "--split-file", str(split), "--output", str(out)]
+    argv = [str(BIN / "nnunet-poolskip"), "benchmark", *args]
+    results = out / "nnunet" / "nnUNet_results"
+    trainers = {"nnunet": "nnUNetTrainerBaseline", "nnunet_poolskip": "nnUNetTrainerPoolSkip"}
+
+    def fold(seed: int, model: str) -> Path:
+        return results / f"seed_{seed}" / "Dataset017_BTCV" / f"{trainers[model]}__nnUNetPlansCPU__3d_fullres" / "fold_0"
+
+    state_at_kill = run_until_second_epoch_then_kill(argv, clean_env(), tmp_path / "first_run.log", fold(1, "nnunet"))
+    assert all(fold_state(fold(0, m)) == FoldState.DONE for m in trainers)
+    before = {m: fingerprint(fold(0, m)) for m in trainers}
+    assert not (results / "Dataset017_BTCV").exists()  # seeded runs never write into the unseeded folder
+
+    rerun = subprocess.run(argv, env=clean_env(), capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stdout[-4000:] + rerun.stderr[-4000:]
+    assert {m: fingerprint(fold(0, m)) for m in trainers} == before  # seed 0 not redone
+    steps = json.loads((out / "run.json").read_text())["steps"]
+    for model, trainer in trainers.items():
+        assert len(steps[f"train/{trainer}/seed_0/fold_0"]["attempts"]) == 1
+        for seed in (0, 1):
+            assert fold_state(fold(seed, model)) == FoldState.DONE
+            env = steps[f"train/{trainer}/seed_{seed}/fold_0"]["env"]
+            assert (env["NNUNET_POOLSKIP_SEED"], env["nnUNet_results"]) == (str(seed), str(results / f"seed_{seed}"))
+            log = "".join(p.read_text() for p in fold(seed, model).glob("training_log_*.txt"))
+            assert f"NNUNET_POOLSKIP_SEED={seed}:" in log
+    assert [a["mode"] for a in steps["train/nnUNetTrainerBaseline/seed_1/fold_0"]["attempts"]] == ["new",
+                                                                                                   state_at_kill.value]
+    assert "seed 1 fold 0" in rerun.stdout
+
+    # per seed: the ensemble's predictions and summary; per model: the per-case average over seeds
+    for model in trainers:
+        per_seed = [json.loads((out / "summaries" / f"seed_{s}" / f"{model}.json").read_text()) for s in (0, 1)]
+        for s in (0, 1):
+            assert sorted(p.name for p in (out / "predictions" / f"seed_{s}" / model).glob("*.nii.gz")) == [
+                "img0001.nii.gz", "img0002.nii.gz"]
+        averaged = json.loads((out / "summaries" / f"{model}.json").read_text())
+        assert averaged["averaged_over"]["runs"] == ["seed 0", "seed 1"]
+        for case, a, b in zip(averaged["per_case"], *[s["per_case"] for s in per_seed]):
+            for label, value in case["dice"].items():
+                pair = [np.nan if x["dice"][label] is None else x["dice"][label] for x in (a, b)]
+                expected = None if np.isnan(pair).all() else float(np.nanmean(pair))
+                assert value == pytest.approx(expected), (model, case["case"], label)
+
+    # table.md: the seed spread, per seed and over seeds, and the sentence; table.csv the same numbers
+    table = (out / "table.md").read_text()
+    dice = {m: [100 * json.loads((out / "summaries" / f"seed_{s}" / f"{m}.json").read_text())["foreground_mean"]["dice"]
+                for s in (0, 1)] for m in trainers}
+    assert "## Spread between seeds" in table
+    for model, display in (("nnunet", "nnU-Net"), ("nnunet_poolskip", "nnU-Net + Pool Skip")):
+        values = dice[model]
+        assert (f"| {display} | {values[0]:.2f} | {values[1]:.2f} | {np.mean(values):.2f} | "
+                f"{np.std(values, ddof=1):.2f} |") in table
+    assert re.search(r"nnU-Net \+ Pool Skip vs nnU-Net: the difference of the seed means, [+-]\d+\.\d\d points, is "
+                     r"(larger|NOT larger) than the spread between seeds", table)
+    assert "each test case's values averaged over the seeds first" in table
+    with open(out / "table.csv", newline="") as handle:
+        rows = {r["model"]: r for r in csv.DictReader(handle)}
+    assert rows["nnU-Net"]["seeds"] == "0 1"
+    assert float(rows["nnU-Net"]["dice_seed_sd_percent"]) == pytest.approx(np.std(dice["nnunet"], ddof=1), abs=1e-3)
+    assert float(rows["nnU-Net + Pool Skip"]["dice_percent"]) == pytest.approx(
+        100 * json.loads((out / "summaries" / "nnunet_poolskip.json").read_text())["foreground_mean"]["dice"], abs=1e-3)
+
+    # elimination singularities: one diagnose per seed; the CSV's medians against the JSON's layers
+    with open(out / "elimination_singularities.csv", newline="") as handle:
+        es = list(csv.DictReader(handle))
+    assert sorted((r["model"], r["seed"]) for r in es) == [(m, s) for m in trainers for s in "01"]
+    for row in es:
+        report = json.loads(Path(row["diagnostics"]).read_text())
+        report = report if row["model"] == "nnunet" else report["compare"][0]
+        ratios = [l["l2_l1"] for l in report["layers"] if l["kind"] == "host" and is_encoder_stage(l["stage"])]
+        assert float(row["l2_l1_median"]) == pytest.approx(float(np.median(ratios)), rel=1e-5)
+    assert "## Elimination singularities" in table and "| nnU-Net + Pool Skip | 2 |" in table
+    for name in ("training_curves.png", "overlays.png", "differences_nnunet_poolskip.png",
+                 "elimination_singularities_nnunet_poolskip.png"):
+        assert png_size(out / name)[0] <= 2000, name
+
+    # the finish stage again: predictions, evaluations and diagnostics are kept (newer than the checkpoints)
+    assert main(["benchmark", *args, "--stage", "finish"]) == 0
+    assert "evaluated on all 2 test cases" in (out / "table.md").read_text()  # the finish stage alone knows them
+    steps = json.loads((out / "run.json").read_text())["steps"]
+    for seed in (0, 1):
+        for kind in ("predict/nnunet", "evaluate/nnunet_poolskip", "diagnose/nnunet_poolskip"):
+            step = steps[f"{kind}/seed_{seed}" + ("/fold_0" if kind.startswith("diagnose") else "")]
+            assert len(step["attempts"]) == 1 and "skipped_last_invocation" in step, (kind, seed)
