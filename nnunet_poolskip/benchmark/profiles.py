@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from nnunet_poolskip.benchmark.protocol import PAPER_FOLDS, PAPER_MODELS
+from nnunet_poolskip.training.schedule import MAX_SEED
 
 
 @dataclass
@@ -76,7 +77,7 @@ OVERRIDE_OPTIONS: Dict[str, str] = {
     "val_iterations": "--val-iterations", "folds": "--folds", "models": "--models",
     "synthetic_cases": "--cases", "synth_seed": "--seed", "synth_size": "--phantom-size",
     "preprocess_processes": "--preprocess-processes",
-    "test_time_mirroring": "--tta", "num_gpus": "--num-gpus",
+    "test_time_mirroring": "--tta", "num_gpus": "--num-gpus", "seeds": "--seeds",
 }
 """Settings field -> the benchmark's command-line option that overrides it (one source for the CLI and for
 the command lines written into SLURM scripts)."""
@@ -84,9 +85,15 @@ the command lines written into SLURM scripts)."""
 
 @dataclass
 class Settings(Profile):
-    """A profile with the command line's overrides applied; ``overridden`` lists the changed fields."""
+    """A profile with the command line's overrides applied; ``overridden`` lists the changed fields.
+
+    ``seeds``: train every model x fold once per seed, each run seeded with ``NNUNET_POOLSKIP_SEED`` and kept in
+    its own nnU-Net results folder (``nnUNet_results/seed_<s>``); None: one unseeded run per model x fold, in
+    nnUNet_results itself (nnU-Net's own behaviour).
+    """
 
     num_gpus: int = 1
+    seeds: Optional[Tuple[int, ...]] = None
     overridden: List[str] = field(default_factory=list)
 
     @property
@@ -104,6 +111,11 @@ class Settings(Profile):
         """True when fewer than the paper's 5 folds are trained."""
         return tuple(sorted(self.folds)) != PAPER_FOLDS
 
+    @property
+    def run_seeds(self) -> Tuple[Optional[int], ...]:
+        """The seed of every run of a model x fold: ``seeds``, or ``(None,)`` for one unseeded run."""
+        return self.seeds if self.seeds else (None,)
+
     def override_arguments(self) -> List[str]:
         """The command-line options that turn the profile into these settings (for emitted job scripts)."""
         argv: List[str] = []
@@ -112,7 +124,7 @@ class Settings(Profile):
             option = OVERRIDE_OPTIONS[key]
             if key == "test_time_mirroring":
                 argv.append("--tta" if value else "--no-tta")
-            elif key in ("folds", "models", "synth_size"):
+            elif key in ("folds", "models", "synth_size", "seeds"):
                 argv += [option, *map(str, value)]
             elif key == "plans_preset" and value is None:
                 argv += [option, "none"]
@@ -146,7 +158,7 @@ def resolve_settings(profile_name: str, **overrides) -> Settings:
             continue
         if not hasattr(settings, key) or key in ("name", "profile", "overridden"):
             raise ValueError(f"unknown benchmark setting {key!r}")
-        if key in ("folds", "models", "synth_size"):
+        if key in ("folds", "models", "synth_size", "seeds"):
             value = tuple(value)
         if getattr(settings, key) != value:
             settings.overridden.append(key)
@@ -165,6 +177,11 @@ def _check(settings: Settings) -> None:
     bad = [f for f in settings.folds if f < 0]
     if bad or len(set(settings.folds)) != len(settings.folds):
         raise ValueError(f"--folds must be distinct non-negative fold numbers, got {list(settings.folds)}")
+    if settings.seeds is not None:
+        if not settings.seeds:
+            raise ValueError("--seeds is empty")
+        if len(set(settings.seeds)) != len(settings.seeds) or not all(0 <= s <= MAX_SEED for s in settings.seeds):
+            raise ValueError(f"--seeds must be distinct integers from 0 to {MAX_SEED}, got {list(settings.seeds)}")
     if settings.device not in ("cuda", "cpu"):
         raise ValueError(f"--device must be cuda or cpu, got {settings.device!r}")
     if settings.num_gpus < 1:

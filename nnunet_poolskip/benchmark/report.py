@@ -12,7 +12,7 @@ import csv
 import io
 import shutil
 from pathlib import Path
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from nnunet_poolskip.benchmark.protocol import PAPER_FOLDS, Model
 from nnunet_poolskip.utilities.atomic import atomic_path, write_text_atomic
@@ -24,17 +24,31 @@ TABLE_FILES = ("table.md", "table.csv") + COPIED_FROM_ALL
 """Everything compose_tables writes into the results folder."""
 
 
+def baseline_pairs(models: Sequence[Model]) -> List[Tuple[Model, Model]]:
+    """(baseline, model) for every model whose baseline (``Model.base``) is also in the run, in table order."""
+    by_name = {m.name: m for m in models}
+    return [(by_name[m.base], m) for m in models if m.base in by_name]
+
+
 def comparison_groups(models: Sequence[Model]) -> Dict[str, List[Model]]:
     """``compare`` runs to make: ``all`` (every model, deltas against the first) and ``pair_<model>``
     (baseline, model) for every model whose baseline is also in the run. A pair equal to ``all`` is left out."""
     groups: Dict[str, List[Model]] = {"all": list(models)}
-    by_name = {m.name: m for m in models}
-    for model in models:
-        if model.base in by_name:
-            group = [by_name[model.base], model]
-            if [m.name for m in group] != [m.name for m in models]:
-                groups[f"pair_{model.name}"] = group
+    for base, model in baseline_pairs(models):
+        if [base.name, model.name] != [m.name for m in models]:
+            groups[f"pair_{model.name}"] = [base, model]
     return groups
+
+
+def figure_caveat(config) -> Optional[str]:
+    """The line every figure of a smoke-scale or synthetic-data run carries atop its title (None otherwise)."""
+    s = config.settings
+    if not (s.smoke or config.synthetic):
+        return None
+    data = "synthetic phantoms" if config.synthetic else "real data"
+    schedule = f", {s.epochs or PAPER_EPOCHS} epochs x {s.iterations or PAPER_ITERATIONS} iterations" \
+        if s.short_schedule else ""
+    return f"SMOKE-SCALE RUN on {data}{schedule}: not evidence about Pool Skip"
 
 
 def _read_csv(path: Path) -> Dict[str, Dict[str, str]]:
@@ -76,6 +90,7 @@ def table_rows(models: Sequence[Model], outputs: Mapping[str, Tuple[List[Model],
         printed = _read_markdown_cells(folder / "table3.md")[model.display]
         out = {"model": model.display, "name": model.name, "baseline": baseline.display if baseline else "",
                "n_cases": int(source["n_cases"]), "incomplete": source["incomplete"] == "true",
+               "foreground_labels": int(source["foreground_labels"]), "labels": int(source["labels"]),
                # a row without a baseline shows its value only (compare's "all" table adds deltas to the first)
                "cells": printed if baseline else [cell.split(" ")[0] for cell in printed]}
         for key, _ in METRICS:
@@ -96,6 +111,17 @@ def table_rows(models: Sequence[Model], outputs: Mapping[str, Tuple[List[Model],
         if model.name not in placed and not any(p.base == model.name for p in models if p.name in pairs):
             rows.append(row(model, outputs["all"][1]))
     return rows
+
+
+def foreground_sentence(rows: Sequence[Mapping]) -> str:
+    """"Foreground means over N organs", counting what each row's mean averages (compare's ``foreground_labels``:
+    an organ without a value in any test case has no mean and is not in the foreground mean)."""
+    total = rows[0]["labels"] if rows else 0
+    fewer = [f"{r['model']} {r['foreground_labels']}" for r in rows if r["foreground_labels"] != r["labels"]]
+    if not fewer:
+        return f"Foreground means over all {total} organs"
+    return (f"Foreground means over the organs with a value in some test case, of {total}: " + ", ".join(fewer)
+            + (f", the others {total}" if len(fewer) < len(rows) else ""))
 
 
 def protocol_lines(config, record: Mapping, incomplete: Mapping[str, List[str]]) -> List[str]:
@@ -144,7 +170,8 @@ def protocol_lines(config, record: Mapping, incomplete: Mapping[str, List[str]])
 
 
 def compose_tables(config, record: Mapping, outputs: Mapping[str, Tuple[List[Model], Path]],
-                   incomplete: Mapping[str, List[str]], folder: Path) -> Dict[str, Path]:
+                   incomplete: Mapping[str, List[str]], folder: Path, sections: Sequence[str] = (),
+                   csv_columns: Optional[Mapping[str, Mapping[str, str]]] = None) -> Dict[str, Path]:
     """Write table.md and table.csv into ``folder`` and copy the per-organ files of the all-models compare.
 
     Args:
@@ -153,6 +180,8 @@ def compose_tables(config, record: Mapping, outputs: Mapping[str, Tuple[List[Mod
         outputs: compare group name -> (models, compare output folder), from ``comparison_groups``.
         incomplete: model name -> what is missing, for models left out.
         folder: the results folder.
+        sections: Markdown lines added to table.md after the tables (the evidence sections of evidence.py).
+        csv_columns: column -> model name -> cell, added to table.csv's rows (the seed spread).
     Returns:
         kind -> written path.
     """
@@ -166,7 +195,7 @@ def compose_tables(config, record: Mapping, outputs: Mapping[str, Tuple[List[Mod
     table += ["| " + " | ".join(cells) + " |" for cells in body]
     text = [f"# {title}", "", *protocol_lines(config, record, incomplete), "",
             "## Test set, paper's Table 3 layout", "", *table, "",
-            "Foreground means over all organs, percent; a Pool Skip row's delta (percentage points) is against the "
+            foreground_sentence(rows) + ", percent; a Pool Skip row's delta (percentage points) is against the "
             "row of its own baseline above it." + (" † = evaluated on incomplete predictions." if any(
                 r["incomplete"] for r in rows) else "")]
     all_table = (outputs["all"][1] / "table3.md").read_text()
@@ -176,6 +205,8 @@ def compose_tables(config, record: Mapping, outputs: Mapping[str, Tuple[List[Mod
         notes = all_table.split("\n\nNotes:\n", 1)
         if len(notes) == 2:
             text += ["", "Notes:", notes[1].strip()]
+    if sections:
+        text += ["", *sections]
     text += ["", "Per organ: per_organ.md, per_organ.csv, per_organ_dice.png (per-case Dice per organ)."]
     table_md = folder / "table.md"
     write_text_atomic("\n".join(text) + "\n", table_md)
@@ -185,12 +216,13 @@ def compose_tables(config, record: Mapping, outputs: Mapping[str, Tuple[List[Mod
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["model", "baseline", "dice_percent", "nsd_percent", "miou_percent", "delta_dice", "delta_nsd",
                      "delta_miou", "n_cases", "incomplete", "folds", "epochs", "iterations", "plans", "profile",
-                     "smoke_scale", "synthetic_data", "run_complete"])
+                     "smoke_scale", "synthetic_data", "run_complete", *(csv_columns or {})])
     for r in rows:
         writer.writerow([r["model"], r["baseline"], *[_csv(r[k]) for k, _ in METRICS],
                          *[_csv(r[f"delta_{k}"]) for k, _ in METRICS], r["n_cases"], _bool(r["incomplete"]),
                          " ".join(map(str, s.folds)), s.epochs or PAPER_EPOCHS, s.iterations or PAPER_ITERATIONS,
-                         config.plans, s.profile, _bool(s.smoke), _bool(config.synthetic), _bool(not incomplete)])
+                         config.plans, s.profile, _bool(s.smoke), _bool(config.synthetic), _bool(not incomplete),
+                         *[cells.get(r["name"], "") for cells in (csv_columns or {}).values()]])
     table_csv = folder / "table.csv"
     write_text_atomic(buffer.getvalue(), table_csv)
     written = {"table": table_md, "table_csv": table_csv}

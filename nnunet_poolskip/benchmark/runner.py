@@ -25,6 +25,7 @@ from nnunet_poolskip.benchmark.protocol import CONFIGURATION
 from nnunet_poolskip.benchmark.runinfo import RunRecord
 from nnunet_poolskip.benchmark.steps import StepFailed, Steps
 from nnunet_poolskip.benchmark.train import Training
+from nnunet_poolskip.training.schedule import SEED_VARIABLE
 
 
 
@@ -103,10 +104,12 @@ class BenchmarkRunner:
     def _remove_tables(self) -> None:
         """Tables of an earlier invocation go before this one builds its own: a run that stops early must not
         leave a table beside it that describes another state of the results."""
+        from nnunet_poolskip.benchmark.evidence import EVIDENCE_FILES
         from nnunet_poolskip.benchmark.report import TABLE_FILES
 
-        for name in TABLE_FILES:
-            (self.config.output / name).unlink(missing_ok=True)
+        for pattern in TABLE_FILES + EVIDENCE_FILES:
+            for path in self.config.output.glob(pattern):
+                path.unlink()
 
     def preflight(self) -> None:
         """Check the inputs that can be checked before anything is written (BenchmarkError naming them)."""
@@ -174,8 +177,13 @@ class BenchmarkRunner:
                              "sets them)",
             "seeds": {"synthetic_phantoms": s.synth_seed if self.config.synthetic else None,
                       "splits": "the converter's deterministic split (see split_file)",
-                      "training": "not seeded: nnU-Net's training is not deterministic (random augmentation, "
-                                  "patch sampling and cuDNN); folds differ between reruns"},
+                      "training": (list(s.seeds) if s.seeds else
+                                   "not seeded: nnU-Net's training is not deterministic (random augmentation, "
+                                   "patch sampling and cuDNN); folds differ between reruns"),
+                      "training_note": (f"each seed S: {SEED_VARIABLE}=S for every nnUNetv2_train, its runs in "
+                                        f"{self.ws.results}/seed_S; bit-identical reruns only on the CPU with "
+                                        f"nnUNet_n_proc_DA=0 (see training/base.py)")
+                      if s.seeds else None},
             "configuration": CONFIGURATION,
         }
 
@@ -202,6 +210,8 @@ class BenchmarkRunner:
             done = self.preparation.preprocessing_complete()
             self.say(f"plans and preprocessing: {'done' if done else 'to do'}")
         self.training.print_plan(self.training.runs())
-        for model in self.config.models:
-            summary = self.finishing.summary_file(model)
-            self.say(f"   {model.name:<20} evaluation summary: {'exists' if summary.is_file() else 'to do'}")
+        for seed in self.settings.run_seeds:
+            for model in self.config.models:
+                summary = self.finishing.summary_file(model, seed)
+                self.say(f"   {model.name:<20} {'' if seed is None else f'seed {seed} '}evaluation summary: "
+                         f"{'exists' if summary.is_file() else 'to do'}")

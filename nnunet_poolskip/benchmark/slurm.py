@@ -4,9 +4,10 @@ Writes into DIR:
     env.sh          the environment every job sources (nnU-Net folders, nnUNet_extTrainer, this Python's bin
                     on PATH, the profile's variables); the job scripts source it by absolute path
     prepare.sbatch  convert + plan_and_preprocess (+ derive-plans): ``nnunet-poolskip benchmark ... --stage prepare``
-    train.sbatch    an array job, one task per model x fold, each running ``nnUNetv2_train`` with the model's
-                    trainer; a task whose fold is already done exits at once, an interrupted one continues
-                    (``--c``), the same rules as the local runner (training_runs.py)
+    train.sbatch    an array job, one task per model x fold (x seed with --seeds), each running ``nnUNetv2_train``
+                    with the model's trainer (a seeded task with its seed's nnUNet_results and NNUNET_POOLSKIP_SEED);
+                    a task whose fold is already done exits at once, an interrupted one continues (``--c``), the
+                    same rules as the local runner (training_runs.py)
     finish.sbatch   predict + evaluate + compare: ``nnunet-poolskip benchmark ... --stage finish``
     submit.sh       submits the three, chained with ``--dependency=afterok`` (a job whose predecessor failed or
                     was cancelled is cancelled too); rerun it to resume; it refuses while jobs of its last
@@ -24,9 +25,9 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 from nnunet_poolskip.benchmark.protocol import CONFIGURATION
-from nnunet_poolskip.benchmark.training_runs import NNUNET_SCHEDULE, train_command
+from nnunet_poolskip.benchmark.training_runs import NNUNET_SCHEDULE, planned_runs, train_command
 from nnunet_poolskip.benchmark.workspace import step_environment
-from nnunet_poolskip.training.schedule import SCHEDULE_VARIABLES
+from nnunet_poolskip.training.schedule import SCHEDULE_VARIABLES, SEED_VARIABLE
 from nnunet_poolskip.utilities.atomic import atomic_path
 
 SCRIPT_NAMES = ("env.sh", "prepare.sbatch", "train.sbatch", "finish.sbatch", "submit.sh")
@@ -78,33 +79,32 @@ def emit_slurm(config, folder: os.PathLike, benchmark_argv: Sequence[str],
     env_sh = ["# sourced by every job of this benchmark (written by nnunet-poolskip benchmark --emit slurm)",
               f"export PATH={shlex.quote(str(bin_dir))}:\"$PATH\"",
               f"export NNUNET_POOLSKIP_PYTHON={shlex.quote(sys.executable)}",
-              # a leftover short-schedule variable must never shorten a run
-              "unset " + " ".join(SCHEDULE_VARIABLES), *_exports(common)]
+              # a leftover short-schedule or seed variable must never shorten or seed a run
+              "unset " + " ".join([*SCHEDULE_VARIABLES, SEED_VARIABLE]), *_exports(common)]
 
     prepare = _header("poolskip-prepare", logs, sbatch_options) + [
         "set -euo pipefail", f"source {shlex.quote(str(folder / 'env.sh'))}", f"{cli} --stage prepare"]
 
-    runs, seen = [], set()
-    for model in config.models:  # a trainer shared by two models is trained once, as the local runner does
-        trainer = model.trainer_for(config.target.kind)
-        for fold in settings.folds:
-            if (trainer, fold) not in seen:
-                seen.add((trainer, fold))
-                runs.append((model.name, trainer, fold))
+    runs = planned_runs(config.models, config.target.kind, settings.folds, settings.run_seeds)
     cases = []
-    for index, (model, trainer, fold) in enumerate(runs):
-        cases.append(f"  {index}) MODEL={model}; TRAINER={trainer}; FOLD={fold} ;;")
+    for index, (model, trainer, fold, seed) in enumerate(runs):
+        seeded = "" if seed is None else (f"; SEED={seed}; RESULTS="
+                                          f"{shlex.quote(str(config.workspace.results_for_seed(seed)))}")
+        cases.append(f"  {index}) MODEL={model.name}; TRAINER={trainer}; FOLD={fold}{seeded} ;;")
     placeholders = {"$FOLD", "$TRAINER"}
     train_line = " ".join(f'"{t}"' if t in placeholders else shlex.quote(t) for t in train_command(
         "nnUNetv2_train", config.target.dataset_id, "$FOLD", "$TRAINER", config.plans, settings.device,
         settings.num_gpus))
-    results = shlex.quote(str(config.workspace.results))
-    model_dir = f'{results}/Dataset{config.target.dataset_id:03d}_*/"$TRAINER"__{config.plans}__{CONFIGURATION}'
+    model_dir = f'"$RESULTS"/Dataset{config.target.dataset_id:03d}_*/"$TRAINER"__{config.plans}__{CONFIGURATION}'
     array = [f"--array=0-{len(runs) - 1}", KILL_ON_INVALID_DEPENDENCY]
     train = _header("poolskip-train", logs, sbatch_options, gpu_lines + array, array=True) + [
         "set -euo pipefail", f"source {shlex.quote(str(folder / 'env.sh'))}", *_exports(train_only),
+        f"SEED=; RESULTS={shlex.quote(str(config.workspace.results))}  # the unseeded run's defaults",
         'case "$SLURM_ARRAY_TASK_ID" in', *cases,
         '  *) echo "no benchmark run for array task $SLURM_ARRAY_TASK_ID" >&2; exit 1 ;;', "esac",
+        "# a seed's runs live in their own nnUNet_results (nnU-Net's folder names inside stay untouched)",
+        'export nnUNet_results="$RESULTS"',
+        f'if [ -n "$SEED" ]; then export {SEED_VARIABLE}="$SEED"; fi',
         "# the fold's state, decided by the same code as the local runner (nnunet_poolskip/benchmark/training_runs.py)",
         "shopt -s nullglob",
         f"MODEL_DIRS=({model_dir})",
@@ -113,12 +113,12 @@ def emit_slurm(config, folder: os.PathLike, benchmark_argv: Sequence[str],
         + " ".join(str(getattr(settings, f) or d) for f, d in zip(("epochs", "iterations", "val_iterations"),
                                                                    NNUNET_SCHEDULE.values())) + ")",
         'case "$STATE" in',
-        '  done) echo "$MODEL fold $FOLD: done"; exit 0 ;;',
+        '  done) echo "$MODEL fold $FOLD${SEED:+ seed $SEED}: done"; exit 0 ;;',
         "  validate) FLAGS=(--val) ;;  # trained; the final validation did not finish",
         "  resume) FLAGS=(--c) ;;  # interrupted: continue from nnU-Net's checkpoint",
         "  *) FLAGS=() ;;",
         "esac",
-        'echo "$MODEL fold $FOLD ($TRAINER): $STATE"',
+        'echo "$MODEL fold $FOLD${SEED:+ seed $SEED} ($TRAINER): $STATE"',
         train_line + ' ${FLAGS[@]+"${FLAGS[@]}"}']
 
     finish_gpu = ["--gres=gpu:1"] if settings.device == "cuda" else []  # inference uses one GPU

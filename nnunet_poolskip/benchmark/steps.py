@@ -50,7 +50,7 @@ class Steps:
         return self.logs / (step_id.replace("/", "__") + ".log")
 
     def execute(self, step_id: str, argv: Sequence[str], purpose: str, mode: str = "run",
-                watch: Optional[Callable[[], None]] = None) -> float:
+                watch: Optional[Callable[[], None]] = None, seed: Optional[int] = None) -> float:
         """Run one step's command to the end; record it; raise StepFailed on a non-zero exit.
 
         Args:
@@ -59,10 +59,12 @@ class Steps:
             purpose: which environment the step gets (see :func:`workspace.step_environment`).
             mode: recorded with the step (a training's fold state: new, resume, validate).
             watch: called every 2 s while the command runs, and once after it ends.
+            seed: the seed whose runs the step works on (its nnUNet_results, and NNUNET_POOLSKIP_SEED for a
+                training; see :func:`workspace.step_environment`); None: the unseeded run.
 
         Returns the wall time in seconds.
         """
-        env, added = step_environment(os.environ, self.config.workspace, self.config.settings, purpose)
+        env, added = step_environment(os.environ, self.config.workspace, self.config.settings, purpose, seed)
         log_path = self.log_path(step_id)
         self.logs.mkdir(parents=True, exist_ok=True)
         self.record.step_started(step_id, list(argv), added, mode, None if self.config.verbose else str(log_path))
@@ -108,11 +110,12 @@ class Steps:
         return wall
 
     def run(self, step_id: str, title: str, argv: Sequence[str], purpose: str = "other", mode: str = "run",
-            watch: Optional[Callable[[], None]] = None, close: Optional[Callable[[], None]] = None) -> None:
+            watch: Optional[Callable[[], None]] = None, close: Optional[Callable[[], None]] = None,
+            seed: Optional[int] = None) -> None:
         """:meth:`execute` with a line before and after; ``close`` runs when the step ends, however it ends."""
         self.say(f"-> {title}")
         try:
-            wall = self.execute(step_id, argv, purpose, mode, watch)
+            wall = self.execute(step_id, argv, purpose, mode, watch, seed)
         finally:
             if close is not None:
                 close()

@@ -12,7 +12,7 @@ from typing import Dict, List
 from nnunet_poolskip.benchmark.config import BenchmarkConfig, BenchmarkError
 from nnunet_poolskip.benchmark.steps import StepFailed, Steps
 from nnunet_poolskip.benchmark.training_runs import (NNUNET_SCHEDULE, FoldState, TrainingRun, epoch_times,
-                                                     format_duration, model_folder, schedule_mismatch,
+                                                     format_duration, model_folder, planned_runs, schedule_mismatch,
                                                      set_aside_unreadable_checkpoints, train_command)
 from nnunet_poolskip.benchmark.workspace import executable
 
@@ -31,20 +31,15 @@ class Training:
         self._measured: Dict[str, float] = {}  # trainer -> first-epoch seconds measured in this invocation
 
     def runs(self) -> List[TrainingRun]:
-        """Every model x fold, in table order (a trainer shared by two models is listed once)."""
-        runs, seen = [], set()
+        """Every model x fold x seed, seed by seed, in table order (a trainer shared by two models is listed once)."""
         folder = self.config.target.raw_folder(self.ws)
         # before conversion the name is unknown; no fold folder can exist yet, so every run is new
         name = folder.name if folder is not None else f"Dataset{self.config.target.dataset_id:03d}_(not converted)"
-        for model in self.config.models:
-            trainer = model.trainer_for(self.config.target.kind)
-            for fold in self.settings.folds:
-                if (trainer, fold) in seen:
-                    continue
-                seen.add((trainer, fold))
-                folder = model_folder(self.ws.results, name, trainer, self.config.plans) / f"fold_{fold}"
-                runs.append(TrainingRun(model, trainer, fold, folder))
-        return runs
+        return [TrainingRun(model, trainer, fold,
+                            model_folder(self.ws.results_for_seed(seed), name, trainer, self.config.plans)
+                            / f"fold_{fold}", seed)
+                for model, trainer, fold, seed in planned_runs(self.config.models, self.config.target.kind,
+                                                               self.settings.folds, self.settings.run_seeds)]
 
     def epochs(self) -> int:
         return self.settings.epochs or NNUNET_DEFAULT_EPOCHS
@@ -56,12 +51,13 @@ class Training:
                     + ("" if not s.short_schedule else f" (nnU-Net default: {NNUNET_DEFAULT_EPOCHS} x "
                                                        f"{NNUNET_DEFAULT_ITERATIONS})"))
         say = self.steps.say
+        seeds = f" x {len(s.seeds)} seeds {' '.join(map(str, s.seeds))}" if s.seeds else ", unseeded"
         say(f"training: {len(runs)} runs ({len(self.config.models)} models x {len(s.folds)} folds "
-            f"{' '.join(map(str, s.folds))}), {schedule}, plans {self.config.plans}, device {s.device}"
+            f"{' '.join(map(str, s.folds))}{seeds}), {schedule}, plans {self.config.plans}, device {s.device}"
             + (f", {s.num_gpus} GPUs (DDP)" if s.num_gpus > 1 else "")
             + f"; to do: {len(pending)} runs, {len(pending) * self.epochs()} epochs")
         for run in runs:
-            say(f"   {run.model.name:<20} {run.trainer:<30} fold {run.fold}: {run.state.value}")
+            say(f"   {run.model.name:<20} {run.trainer:<30} {run.label}: {run.state.value}")
         if pending:
             say("   (time estimate after the first measured epoch)")
 
@@ -89,7 +85,7 @@ class Training:
                 for moved in set_aside_unreadable_checkpoints(run.folder):
                     self.steps.say(f"   set aside the truncated checkpoint {moved} (killed while saving)")
                 state = run.state
-            title = f"train {run.model.name} fold {run.fold} ({run.trainer})"
+            title = f"train {run.model.name} {run.label} ({run.trainer})"
             if state == FoldState.DONE:
                 self.steps.skip(run.step_id, title, "done (checkpoint_final.pth and validation exist)", quiet=True)
                 continue
@@ -101,7 +97,7 @@ class Training:
             watcher = _EpochWatcher(self, run, time.time(), remaining) if state != FoldState.VALIDATE else None
             try:
                 self.steps.run(run.step_id, title + what, argv, "train", state.value,
-                               watcher.poll if watcher else None, watcher.close if watcher else None)
+                               watcher.poll if watcher else None, watcher.close if watcher else None, seed=run.seed)
             except StepFailed as error:
                 if not self.config.keep_going:
                     raise

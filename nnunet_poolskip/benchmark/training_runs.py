@@ -19,9 +19,10 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from nnunet_poolskip.benchmark.protocol import CONFIGURATION, Model
+from nnunet_poolskip.benchmark.workspace import seed_folder_name
 
 FINAL_CHECKPOINT = "checkpoint_final.pth"
 RESUME_CHECKPOINTS = ("checkpoint_latest.pth", "checkpoint_best.pth")
@@ -140,18 +141,42 @@ def train_command(train_executable: str, dataset_id: int, fold: Union[int, str],
     return argv
 
 
+def planned_runs(models: Sequence[Model], dataset_kind: str, folds: Sequence[int],
+                 seeds: Sequence[Optional[int]]) -> List[Tuple[Model, str, int, Optional[int]]]:
+    """(model, trainer, fold, seed) of every training a benchmark makes, seed by seed (all models and folds of a
+    seed before the next seed), then model by model; a trainer shared by two models is trained once. The local
+    runner and the SLURM array use this one list."""
+    runs, seen = [], set()
+    for seed in seeds:
+        for model in models:
+            trainer = model.trainer_for(dataset_kind)
+            for fold in folds:
+                if (trainer, fold, seed) not in seen:
+                    seen.add((trainer, fold, seed))
+                    runs.append((model, trainer, fold, seed))
+    return runs
+
+
 @dataclass
 class TrainingRun:
-    """One model x fold of the benchmark."""
+    """One model x fold (x seed) of the benchmark; ``seed`` None: the unseeded run."""
 
     model: Model
     trainer: str
     fold: int
     folder: Path
+    seed: Optional[int] = None
 
     @property
     def step_id(self) -> str:
-        return f"train/{self.trainer}/fold_{self.fold}"
+        if self.seed is None:
+            return f"train/{self.trainer}/fold_{self.fold}"
+        return f"train/{self.trainer}/{seed_folder_name(self.seed)}/fold_{self.fold}"
+
+    @property
+    def label(self) -> str:
+        """``fold 3`` or ``seed 1 fold 3``, for messages."""
+        return f"fold {self.fold}" if self.seed is None else f"seed {self.seed} fold {self.fold}"
 
     @property
     def state(self) -> FoldState:

@@ -16,7 +16,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 from nnunet_poolskip.benchmark.profiles import Settings
 from nnunet_poolskip.benchmark.protocol import DATASET_KINDS
-from nnunet_poolskip.training.schedule import SCHEDULE_VARIABLES
+from nnunet_poolskip.training.schedule import SCHEDULE_VARIABLES, SEED_VARIABLE
 
 NNUNET_FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 SCHEDULE_FIELDS = {"num_epochs": "epochs", "num_iterations_per_epoch": "iterations",
@@ -61,6 +61,11 @@ class Workspace:
         for folder in (self.raw, self.preprocessed, self.results):
             folder.mkdir(parents=True, exist_ok=True)
 
+    def results_for_seed(self, seed: Optional[int]) -> Path:
+        """The nnUNet_results folder of a seed's runs: ``<results>/seed_<seed>``, or ``results`` itself for the
+        unseeded run. Each seed gets its own so that nnU-Net's folder naming inside stays untouched."""
+        return self.results if seed is None else self.results / seed_folder_name(seed)
+
     def variables(self) -> Dict[str, str]:
         """nnUNet_raw, nnUNet_preprocessed, nnUNet_results -> absolute paths."""
         return dict(zip(NNUNET_FOLDERS, (str(self.raw), str(self.preprocessed), str(self.results))))
@@ -88,6 +93,11 @@ class DatasetTarget:
             raise ValueError(f"several raw data sets with id {self.dataset_id} in {workspace.raw}: "
                              f"{[m.name for m in matches]}")
         return matches[0] if matches else None
+
+
+def seed_folder_name(seed: int) -> str:
+    """``seed_<seed>``: the folder of one seed's runs, results or predictions."""
+    return f"seed_{seed}"
 
 
 def parse_dataset(text: str, dataset_id: Optional[int] = None) -> DatasetTarget:
@@ -126,7 +136,7 @@ def schedule_variables(settings: Settings) -> Dict[str, str]:
 
 
 def step_environment(base: Mapping[str, str], workspace: Workspace, settings: Settings,
-                     purpose: str) -> Tuple[Dict[str, str], Dict[str, str]]:
+                     purpose: str, seed: Optional[int] = None) -> Tuple[Dict[str, str], Dict[str, str]]:
     """The full environment for a step, and the variables it sets (for the record and the SLURM scripts).
 
     Args:
@@ -134,14 +144,17 @@ def step_environment(base: Mapping[str, str], workspace: Workspace, settings: Se
         workspace: nnU-Net's folders.
         settings: the benchmark settings (schedule, CPU variables).
         purpose: ``plan`` (nnUNetv2_plan_and_preprocess), ``train`` (nnUNetv2_train) or ``other``.
+        seed: the step works on this seed's runs: nnUNet_results is the seed's folder
+            (:meth:`Workspace.results_for_seed`), and a training gets NNUNET_POOLSKIP_SEED. None: the unseeded run.
 
-    Any NNUNET_POOLSKIP_* schedule variable in ``base`` is removed: a leftover variable must never shorten
-    a paper run. nnUNet_n_proc_DA=0 is removed for planning, which crashes with it.
+    Any NNUNET_POOLSKIP_* schedule or seed variable in ``base`` is removed: a leftover variable must never shorten
+    a paper run or seed an unseeded one. nnUNet_n_proc_DA=0 is removed for planning, which crashes with it.
     """
     from nnunet_poolskip.training.discovery import ENV_VARIABLE, ext_trainer_value
 
-    env = {k: v for k, v in base.items() if k not in SCHEDULE_VARIABLES}
+    env = {k: v for k, v in base.items() if k not in SCHEDULE_VARIABLES and k != SEED_VARIABLE}
     added = workspace.variables()
+    added["nnUNet_results"] = str(workspace.results_for_seed(seed))
     added[ENV_VARIABLE] = ext_trainer_value(base.get(ENV_VARIABLE, ""))
     if settings.cpu_training_env:
         added.update(CPU_ENV)
@@ -149,6 +162,8 @@ def step_environment(base: Mapping[str, str], workspace: Workspace, settings: Se
         added.update(schedule_variables(settings))
         if settings.cpu_training_env:
             added.update(CPU_TRAINING_ENV)
+        if seed is not None:
+            added[SEED_VARIABLE] = str(seed)
     if purpose == "plan" and env.get("nnUNet_n_proc_DA") == "0":
         del env["nnUNet_n_proc_DA"]
     env.update(added)

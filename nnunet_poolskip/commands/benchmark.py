@@ -32,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                "vnet_poolskip); also nnunet_stock, nnunet_poolskip_s4, ablation_pool_skip, "
                                "ablation_conv_skip, ablation_pool_conv, vnet_poolskip_all, or a trainer class name")
     protocol.add_argument("--folds", nargs="+", type=int, metavar="F", help="folds (paper: 0 1 2 3 4; demo: 0 1)")
+    protocol.add_argument("--seeds", nargs="+", type=int, metavar="S",
+                          help="train every model x fold once per seed (independent runs seeded with "
+                               "NNUNET_POOLSKIP_SEED, each seed in nnUNet_results/seed_S); the table adds the spread "
+                               "between seeds; default: one unseeded run, as nnU-Net")
     protocol.add_argument("--device", choices=("cuda", "cpu"), help="paper: cuda; demo: cpu")
     protocol.add_argument("--num-gpus", type=int,
                           help="GPUs per training run, passed to nnUNetv2_train -num_gpus (nnU-Net's DDP)")
@@ -89,7 +93,7 @@ def build_config(args: argparse.Namespace):
     overrides = dict(device=args.device, epochs=args.epochs, iterations=args.iterations,
                      val_iterations=args.val_iterations, folds=args.folds, synthetic_cases=args.cases,
                      synth_seed=args.seed, synth_size=args.phantom_size, preprocess_processes=args.preprocess_processes,
-                     test_time_mirroring=args.tta, num_gpus=args.num_gpus,
+                     test_time_mirroring=args.tta, num_gpus=args.num_gpus, seeds=args.seeds,
                      models=[m.name for m in models] if models else None)
     settings = resolve_settings(args.profile, **overrides)
     if plans_preset is not None:
@@ -180,9 +184,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _emit_slurm(config, folder: str, sbatch_options) -> int:
     from nnunet_poolskip.benchmark.slurm import emit_slurm
+    from nnunet_poolskip.benchmark.training_runs import planned_runs
 
     paths = emit_slurm(config, folder, reproducing_arguments(config), sbatch_options)
-    runs = len({(m.trainer_for(config.target.kind), f) for m in config.models for f in config.settings.folds})
+    runs = len(planned_runs(config.models, config.target.kind, config.settings.folds, config.settings.run_seeds))
     print(f"wrote {', '.join(str(p) for p in paths)}")
     print(f"{runs} training runs as one array job; submit everything with: bash {paths[-1]}")
     return 0

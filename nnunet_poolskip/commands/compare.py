@@ -1,4 +1,5 @@
-"""``nnunet-poolskip compare``: the paper's Table 3 (Markdown + CSV), per-organ tables and a Dice plot."""
+"""``nnunet-poolskip compare``: the paper's Table 3 (Markdown + CSV), per-organ tables, paired statistics
+(statistics.json) and their forest plot, and a per-organ Dice plot."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +7,8 @@ import sys
 
 NAME = "compare"
 HELP = ("compare summary.json files of nnunet-poolskip evaluate: Table 3 layout (DICE, NSD, mIoU in percent, deltas "
-        "against the first), per-organ tables, per-organ Dice plot")
+        "against the first), paired statistics against the first (bootstrap interval, Wilcoxon, Holm), per-organ "
+        "tables, plots")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,15 +16,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="summary.json files; the first is the baseline of the deltas")
     parser.add_argument("--names", nargs="+", help="model names, one per summary (default: their folder names)")
     parser.add_argument("-o", "--output", required=True,
-                        help="output folder: table3.md, table3.csv, per_organ.md, per_organ.csv, per_organ_dice.png")
+                        help="output folder: table3.md, table3.csv, per_organ.md, per_organ.csv, per_organ_dice.png, "
+                             "and with two or more summaries statistics.json and differences.png")
     parser.add_argument("--title", help="data set name shown above the table, e.g. BTCV")
+    parser.add_argument("--caveat", metavar="TEXT",
+                        help="a caveat shown at the top of the tables and in every figure's title, e.g. "
+                             "'SMOKE-SCALE run on synthetic phantoms'")
 
 
 def run(args: argparse.Namespace) -> int:
     from nnunet_poolskip.evaluation.comparison_tables import CompareInputError, compare_summaries
 
     try:
-        outputs = compare_summaries(args.summaries, args.names, args.output, args.title)
+        outputs = compare_summaries(args.summaries, args.names, args.output, args.title, args.caveat)
     except CompareInputError as error:
         print(f"nnunet-poolskip compare: error: {error}", file=sys.stderr)
         return 2

@@ -35,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a weight is near zero when |w| <= factor * rms(layer weights) (default 0.01)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where the networks run for the dead units (default: cuda if available)")
+    parser.add_argument("--caveat", metavar="TEXT",
+                        help="a line put atop every figure's title, e.g. that the models come from a smoke-scale run")
     parser.add_argument("-o", "--output", required=True, metavar="OUT",
                         help=f"output folder for {JSON_NAME}, {LAYERS_PNG} and, when training recorded a "
                              f"history, {HISTORY_PNG}")
@@ -104,8 +106,8 @@ def _run(args: argparse.Namespace, specs, output) -> int:
         "compare": reports[1:],
     }
     write_json_atomic(document, output / JSON_NAME)
-    plot_layer_curves(reports, output / LAYERS_PNG)
-    wrote_history = plot_history(reports, output / HISTORY_PNG)
+    plot_layer_curves(reports, output / LAYERS_PNG, args.caveat)
+    wrote_history = plot_history(reports, output / HISTORY_PNG, args.caveat)
     for report in reports:
         summary = report["summary"].get("host", {})
         dead = summary.get("dead_fraction_mean")

@@ -53,6 +53,7 @@ Layer walking and names (:func:`conv_layers`)
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -429,3 +430,29 @@ def summarize(records: Sequence[Dict]) -> Dict[str, Dict]:
             "dead_fraction_mean": sum(dead) / len(dead) if dead else None,
         }
     return summary
+
+
+def is_encoder_stage(stage: Optional[str]) -> bool:
+    """True for the stage label of an encoder conv: ``encoder.<i>`` (dynamic-network-architectures U-Nets, stem
+    included) or V-Net's stem ``in_tr`` and its encoder stages ``down_tr32`` .. ``down_tr256``."""
+    from nnunet_poolskip.nn.vnet import VNET_ENCODER_STAGES
+
+    return stage is not None and (stage.startswith("encoder.") or stage in ("in_tr", *VNET_ENCODER_STAGES))
+
+
+def encoder_summary(records: Sequence[Dict]) -> Dict:
+    """The two elimination-singularity figures of a network's encoder, from :func:`layer_diagnostics` records.
+
+    Over the encoder's host convs (:func:`is_encoder_stage`; Pool Skip inner convs left out):
+    ``l2_l1_median``: the median of their l2/l1 ratios (``None`` when none has one); ``n_units``: output channels
+    of those with a dead-unit result (a nonlinearity follows and data ran), ``n_dead_units``: how many of them are
+    dead, ``dead_fraction``: their ratio (``None`` when ``n_units`` is 0); ``n_layers``: how many host convs.
+    """
+    hosts = [r for r in records if r["kind"] == "host" and is_encoder_stage(r.get("stage"))]
+    ratios = [r["l2_l1"] for r in hosts if r["l2_l1"] is not None]
+    probed = [r for r in hosts if r.get("dead_channels") is not None]
+    n_units = sum(int(r["out_channels"]) for r in probed)
+    n_dead = sum(len(r["dead_channels"]) for r in probed)
+    return {"n_layers": len(hosts), "l2_l1_median": statistics.median(ratios) if ratios else None,
+            "n_units": n_units, "n_dead_units": n_dead,
+            "dead_fraction": n_dead / n_units if n_units else None}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 from nnunet_poolskip.utilities.atomic import atomic_path
 
@@ -43,32 +43,42 @@ def _stage_ticks(ax, hosts: Sequence[Dict]) -> None:
     ax.set_xticklabels([hosts[s]["stage"] for s in starts], rotation=60, ha="right", fontsize=7)
 
 
-def plot_layer_curves(models: Sequence[Dict], path: Union[str, os.PathLike]) -> None:
+def plot_layer_curves(models: Sequence[Dict], path: Union[str, os.PathLike], caveat: Optional[str] = None) -> None:
     """Per-layer curves of one or more model reports (``{"model", "layers"}`` as written by ``diagnose``).
 
     The x axis is the index of the host conv along the network (data-flow order), so a baseline and
     its Pool Skip model, whose host convs carry the same names, line up layer by layer. Panels whose
-    values are all missing (dead units with ``--weights-only``) are left out.
+    values are all missing (dead units with ``--weights-only``) are left out. Reports with the same ``model``
+    label (several folds or seeds of one model) share a colour and one legend entry, drawn as thinner lines.
+    ``caveat``: a first title line (e.g. that the run is smoke-scale).
     """
     from matplotlib.figure import Figure
 
     panels = [(key, label) for key, label in PANELS
               if any(layer.get(key) is not None for model in models for layer in model["layers"])]
-    fig = Figure(figsize=(11, 2.6 * len(panels) + 0.8), layout="constrained")
+    fig = Figure(figsize=(11, 2.6 * len(panels) + 1.0), layout="constrained")
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    labels = list(dict.fromkeys(model["model"] for model in models))
+    runs = {label: sum(model["model"] == label for model in models) for label in labels}
     colors = [f"C{i}" for i in range(10)]
-    for m, model in enumerate(models):
+    drawn = set()
+    for model in models:
         hosts = [layer for layer in model["layers"] if layer["kind"] == "host"]
         position = {layer["name"]: i for i, layer in enumerate(hosts)}
         inner = [layer for layer in model["layers"] if layer["kind"] == "poolskip" and layer.get("host") in position]
-        color = colors[m % len(colors)]
+        color = colors[labels.index(model["model"]) % len(colors)]
+        several = runs[model["model"]] > 1
+        first = model["model"] not in drawn
+        drawn.add(model["model"])
         for ax, (key, label) in zip(axes, panels):
-            ax.plot(range(len(hosts)), _values(hosts, key), color=color, marker=".", markersize=4,
-                    linewidth=1.3, label=model["model"])
+            ax.plot(range(len(hosts)), _values(hosts, key), color=color, marker=".", markersize=3 if several else 4,
+                    linewidth=0.8 if several else 1.3, alpha=0.75 if several else 1.0,
+                    label=model["model"] + (f" ({runs[model['model']]} runs)" if several else "") if first else None)
             if inner and any(layer.get(key) is not None for layer in inner):
                 ax.plot([position[layer["host"]] for layer in inner], _values(inner, key), color=color,
-                        linestyle="--", marker="x", markersize=4, linewidth=0.9,
-                        label=f"{model['model']} (Pool Skip inner convs)")
+                        linestyle="--", marker="x", markersize=4, linewidth=0.6 if several else 0.9,
+                        alpha=0.75 if several else 1.0,
+                        label=f"{model['model']} (Pool Skip inner convs)" if first else None)
             ax.set_ylabel(label)
             ax.grid(True, alpha=0.3, which="both")
             if key == "l2_l1":  # 1x1 heads and small layers sit an order of magnitude above 3x3x3 convs
@@ -79,19 +89,25 @@ def plot_layer_curves(models: Sequence[Dict], path: Union[str, os.PathLike]) -> 
     for ax, (key, _) in zip(axes, panels):
         if key == "dead_fraction":  # a fraction of units: keep 0 and 1 in view
             ax.set_ylim(-0.05, 1.05)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=8)
-    fig.suptitle("Per-layer weight sparsity and dead units" +
-                 (f" ({models[0].get('checkpoint', '')} checkpoint)" if models[0].get("checkpoint") else ""))
+    handles, legend_labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, legend_labels, loc="outside lower center", ncol=2, fontsize=8)
+    title = "Per-layer weight sparsity and dead units" + (
+        f" ({models[0].get('checkpoint', '')} checkpoint)" if models[0].get("checkpoint") else "")
+    fig.suptitle(with_caveat(title, caveat))
     _save(fig, path)
 
 
-def plot_history(models: Sequence[Dict], path: Union[str, os.PathLike]) -> bool:
+def with_caveat(title: str, caveat: Optional[str]) -> str:
+    """``title``, under a first line with ``caveat`` when one is given."""
+    return f"{caveat}\n{title}" if caveat else title
+
+
+def plot_history(models: Sequence[Dict], path: Union[str, os.PathLike], caveat: Optional[str] = None) -> bool:
     """Evolution of the weight diagnostics over training for the models that have a recorded history.
 
     One row per such model: the l2/l1 curve along the host convs for every recorded epoch (colour =
     epoch), and the mean and maximum l2/l1 over host convs against the epoch. Returns False (and
-    writes nothing) when no model has a history.
+    writes nothing) when no model has a history. ``caveat``: a title line above the rows.
     """
     from matplotlib import cm, colors as mcolors
     from matplotlib.figure import Figure
@@ -133,5 +149,6 @@ def plot_history(models: Sequence[Dict], path: Union[str, os.PathLike]) -> bool:
         ax_epochs.set_ylabel("l2 / l1")
         ax_epochs.grid(True, alpha=0.3)
         ax_epochs.legend(fontsize=7)
+    fig.suptitle(with_caveat("Weight diagnostics over training", caveat))
     _save(fig, path)
     return True

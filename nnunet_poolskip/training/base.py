@@ -1,14 +1,17 @@
 """The base class of every trainer of this project."""
 from __future__ import annotations
 
+import random
 from os.path import join
+from typing import Optional
 
+import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_poolskip.diagnostics.history import (DIAG_EVERY_VARIABLE, HISTORY_FILENAME, append_record,
                                                  diagnostics_every, should_record, truncate_history, weight_record)
-from nnunet_poolskip.training.schedule import schedule_overrides
+from nnunet_poolskip.training.schedule import SEED_VARIABLE, schedule_overrides, seed_from_environment
 
 
 class nnUNetTrainerBaseline(nnUNetTrainer):
@@ -21,6 +24,16 @@ class nnUNetTrainerBaseline(nnUNetTrainer):
     off). It exists so that a baseline and its Pool Skip counterpart share every setting, including a
     short schedule (see :mod:`nnunet_poolskip.training.schedule`), and so that the baseline's
     diagnostics can be compared layer by layer with the Pool Skip model's.
+
+    With ``NNUNET_POOLSKIP_SEED=S`` set, the run is seeded (unset: not seeded, as nnU-Net): Python's ``random``,
+    NumPy's global generator and torch get S at start-up, before nnU-Net builds the network and its data
+    loaders, and again at the start of every epoch a seed derived from (S, epoch, rank) (:func:`epoch_seed`), so
+    that a run continued with ``--c`` draws the same patches and augmentations from there on as an uninterrupted
+    run. nnU-Net's data loader and its batchgeneratorsv2 transforms draw from exactly these global generators; with
+    augmentation worker processes (``nnUNet_n_proc_DA`` > 0, nnU-Net's default on GPU machines) the workers
+    reseed themselves from the operating system (batchgenerators' NonDetMultiThreadedAugmenter, ``seeds=None``)
+    and deliver batches in whatever order they finish, and cuDNN picks algorithms by timing: bit-identical
+    runs are therefore only promised on the CPU with ``nnUNet_n_proc_DA=0``.
     """
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -32,6 +45,17 @@ class nnUNetTrainerBaseline(nnUNetTrainer):
         if overrides:
             self.print_to_log_file(f"nnunet-poolskip schedule from the environment: {overrides}")
         self.diagnostics_every = diagnostics_every()
+        self.seed: Optional[int] = seed_from_environment()
+        if self.seed is not None:
+            seed_everything(epoch_seed(self.seed, None, self.local_rank))
+            self.print_to_log_file(f"nnunet-poolskip: {SEED_VARIABLE}={self.seed}: Python random, NumPy and torch "
+                                   f"seeded at start-up and at every epoch start (seed derived from the seed, the "
+                                   f"epoch and the rank {self.local_rank})")
+
+    def on_epoch_start(self):
+        if self.seed is not None:
+            seed_everything(epoch_seed(self.seed, self.current_epoch, self.local_rank))
+        super().on_epoch_start()
 
     @property
     def diagnostics_history_file(self) -> str:
@@ -65,3 +89,20 @@ class nnUNetTrainerBaseline(nnUNetTrainer):
         except Exception as error:
             self.print_to_log_file(f"nnunet-poolskip: weight diagnostics failed ({type(error).__name__}: "
                                    f"{error}); set {DIAG_EVERY_VARIABLE}=0 to turn recording off")
+
+
+def epoch_seed(seed: int, epoch: Optional[int], rank: int = 0) -> int:
+    """The seed for one phase of a seeded run: ``seed`` itself at start-up (``epoch`` None) on rank 0; otherwise
+    a 32-bit value derived from (seed, epoch, rank) by NumPy's SeedSequence, so that every epoch, and every DDP
+    rank, draws its own independent stream."""
+    if epoch is None and rank == 0:
+        return seed
+    entropy = [seed, rank] if epoch is None else [seed, rank, epoch + 1]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, NumPy's global generator and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -21,7 +21,8 @@ from conftest import BIN
 from nnunet_poolskip.benchmark.profiles import resolve_settings
 from nnunet_poolskip.benchmark.protocol import MODELS, PAPER_MODELS, parse_models, resolve_model
 from nnunet_poolskip.benchmark.training_runs import (EPOCH_TIME, FoldState, checkpoint_readable, epoch_times,
-                                                     fold_state, set_aside_unreadable_checkpoints, train_command)
+                                                     fold_state, planned_runs, set_aside_unreadable_checkpoints,
+                                                     train_command)
 from nnunet_poolskip.benchmark.workspace import Workspace, parse_dataset, step_environment
 from nnunet_poolskip.cli import main
 
@@ -83,6 +84,77 @@ def test_profiles_and_overrides():
         resolve_settings("paper", epochs=0)
     with pytest.raises(ValueError, match="distinct"):
         resolve_settings("paper", folds=[0, 0])
+
+
+def test_seeds_setting_run_order_and_step_environment(tmp_path):
+    settings = resolve_settings("demo", seeds=[2, 0])
+    assert settings.seeds == (2, 0) and settings.run_seeds == (2, 0) and settings.overridden == ["seeds"]
+    assert settings.override_arguments() == ["--seeds", "2", "0"]
+    assert resolve_settings("demo").run_seeds == (None,) and resolve_settings("paper").seeds is None
+    for bad in ([1, 1], [-1], [2 ** 32]):
+        with pytest.raises(ValueError, match="--seeds must be distinct integers from 0 to 4294967295"):
+            resolve_settings("demo", seeds=bad)
+    # seed by seed; a trainer shared by two models trained once per seed and fold
+    models = parse_models("nnunet,nnunet_poolskip_all,nnunet_poolskip")
+    runs = [(m.name, t, f, seed) for m, t, f, seed in planned_runs(models, "btcv", (0, 1), (5, 6))]
+    assert runs == [(m, t, f, seed) for seed in (5, 6)
+                    for m, t in (("nnunet", "nnUNetTrainerBaseline"), ("nnunet_poolskip_all", "nnUNetTrainerPoolSkip"))
+                    for f in (0, 1)]
+    ws = Workspace.under(tmp_path)
+    leftover = clean_env(NNUNET_POOLSKIP_SEED="9")
+    env, added = step_environment(leftover, ws, settings, "train", seed=5)
+    assert (env["nnUNet_results"], env["NNUNET_POOLSKIP_SEED"]) == (str(ws.results / "seed_5"), "5")
+    assert added["NNUNET_POOLSKIP_SEED"] == "5" and env["nnUNet_preprocessed"] == str(ws.preprocessed)
+    env, _ = step_environment(leftover, ws, settings, "other", seed=5)  # predict: the seed's models, no seeding
+    assert env["nnUNet_results"] == str(ws.results / "seed_5") and "NNUNET_POOLSKIP_SEED" not in env
+    env, _ = step_environment(leftover, ws, settings, "train")  # a leftover seed never seeds an unseeded run
+    assert env["nnUNet_results"] == str(ws.results) and "NNUNET_POOLSKIP_SEED" not in env
+
+
+def test_dry_run_with_seeds_lists_every_seed_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "results"
+    assert main(["benchmark", "--profile", "demo", "--models", "nnunet,nnunet_poolskip", "--folds", "0", "--seeds",
+                 "0", "3", "--work", str(tmp_path / "work"), "--output", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "4 runs (2 models x 1 folds 0 x 2 seeds 0 3)" in printed
+    for seed in (0, 3):
+        assert re.search(rf"nnunet_poolskip +nnUNetTrainerPoolSkip +seed {seed} fold 0: new", printed)
+        assert re.search(rf"nnunet +seed {seed} evaluation summary: to do", printed)
+    assert not out.exists()
+
+
+def test_seed_spread_table_and_sentence(tmp_path):
+    from nnunet_poolskip.benchmark.evidence import seed_csv_columns, seed_section, seed_spreads
+
+    models = parse_models("nnunet,nnunet_poolskip")
+    dice = {"nnunet": {0: 0.61, 1: 0.64, 2: 0.58}, "nnunet_poolskip": {0: 0.70, 1: 0.69, 2: 0.72}}
+    paths = {}
+    for name, per_seed in dice.items():
+        for seed, value in per_seed.items():
+            path = tmp_path / f"{name}_{seed}.json"
+            path.write_text(json.dumps({"foreground_mean": {"dice": value, "nsd": 0.5, "iou": 0.4}}))
+            paths.setdefault(name, {})[seed] = path
+    spreads = seed_spreads(models, paths)
+    import numpy as np
+
+    base_sd, model_sd = np.std(list(dice["nnunet"].values()), ddof=1), np.std(list(dice["nnunet_poolskip"].values()),
+                                                                              ddof=1)
+    difference = 100 * (np.mean(list(dice["nnunet_poolskip"].values())) - np.mean(list(dice["nnunet"].values())))
+    assert spreads["nnunet"].sd == pytest.approx(base_sd) and spreads["nnunet_poolskip"].mean == pytest.approx(0.70333,
+                                                                                                              abs=1e-5)
+    lines = seed_section(models, spreads, [(models[0], models[1])])
+    assert "| nnU-Net | 61.00 | 64.00 | 58.00 | 61.00 | 3.00 |" in lines
+    assert lines[-1] == (f"nnU-Net + Pool Skip vs nnU-Net: the difference of the seed means, {difference:+.2f} points, is "
+                         f"larger than the spread between seeds (SD over 3 seeds: {100 * max(base_sd, model_sd):.2f} "
+                         f"points, the larger of the two models' SDs).")
+    assert seed_csv_columns(spreads)["dice_seed_sd_percent"]["nnunet"] == f"{100 * base_sd:.4f}"
+    # a difference within the spread, and a single seed
+    paths["nnunet_poolskip"][1].write_text(json.dumps({"foreground_mean": {"dice": 0.50}}))
+    assert "is NOT larger than the spread" in seed_section(models, seed_spreads(models, paths),
+                                                           [(models[0], models[1])])[-1]
+    one = {name: {0: per_seed[0]} for name, per_seed in paths.items()}
+    assert "with one seed the spread between seeds is unknown" in seed_section(
+        models, seed_spreads(models, one), [(models[0], models[1])])[-1]
 
 
 # ------------------------------------------------------------------------------------- fold states
@@ -283,6 +355,43 @@ def test_slurm_train_task_skips_done_folds_and_resumes_interrupted_ones(tmp_path
     bad = subprocess.run(["bash", str(folder / "train.sbatch")], env=clean_env(SLURM_ARRAY_TASK_ID="4"),
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "no benchmark run for array task 4" in bad.stderr
+
+
+def test_slurm_array_has_one_task_per_model_fold_and_seed(tmp_path):
+    folder = emit(tmp_path, "--profile", "demo", "--models", "nnunet,nnunet_poolskip", "--folds", "0", "--seeds",
+                  "0", "1")
+    train = (folder / "train.sbatch").read_text()
+    results = tmp_path / "work" / "nnUNet_results"
+    tasks = re.findall(r"^\s*(\d+)\) MODEL=(\w+); TRAINER=(\w+); FOLD=(\d+); SEED=(\d+); RESULTS=(\S+) ;;$", train, re.M)
+    assert [(m, f, seed, r) for _, m, _, f, seed, r in tasks] == [
+        (m, "0", seed, str(results / f"seed_{seed}")) for seed in "01" for m in ("nnunet", "nnunet_poolskip")]
+    assert "#SBATCH --array=0-3" in train
+    assert "unset NNUNET_POOLSKIP_EPOCHS NNUNET_POOLSKIP_ITERS NNUNET_POOLSKIP_VAL_ITERS NNUNET_POOLSKIP_SEED" in \
+        (folder / "env.sh").read_text()
+    assert "--seeds 0 1" in (folder / "finish.sbatch").read_text()
+    # run the tasks against a stand-in nnUNetv2_train: seed 0's baseline fold is done, the others are new
+    fake_bin = tmp_path / "fake_bin"
+    fake_bin.mkdir()
+    calls = tmp_path / "calls.txt"
+    (fake_bin / "nnUNetv2_train").write_text(f'#!/bin/bash\necho "$NNUNET_POOLSKIP_SEED $nnUNet_results $*" >> {calls}\n')
+    (fake_bin / "nnUNetv2_train").chmod(0o755)
+    env_sh = folder / "env.sh"
+    env_sh.write_text(env_sh.read_text() + f'\nexport PATH={fake_bin}:"$PATH"\n')
+    done = results / "seed_0" / "Dataset017_BTCV" / "nnUNetTrainerBaseline__nnUNetPlansCPU__3d_fullres" / "fold_0"
+    (done / "validation").mkdir(parents=True)
+    write_checkpoint(done / "checkpoint_final.pth")
+    (done / "validation" / "summary.json").write_text("{}")
+    (results / "Dataset017_BTCV").mkdir(parents=True)  # an unseeded run's folder: never used by seeded tasks
+    for task in range(4):
+        proc = subprocess.run(["bash", str(folder / "train.sbatch")],
+                              env=clean_env(SLURM_ARRAY_TASK_ID=str(task), NNUNET_POOLSKIP_SEED="99"),
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        if task == 0:
+            assert "nnunet fold 0 seed 0: done" in proc.stdout
+    assert calls.read_text().splitlines() == [
+        f"{seed} {results / f'seed_{seed}'} 17 3d_fullres 0 -tr {trainer} -p nnUNetPlansCPU -device cpu"
+        for seed, trainer in ((0, "nnUNetTrainerPoolSkip"), (1, "nnUNetTrainerBaseline"), (1, "nnUNetTrainerPoolSkip"))]
 
 
 @pytest.mark.parametrize("args, message", [

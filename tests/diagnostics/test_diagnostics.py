@@ -17,8 +17,8 @@ from nnunet_poolskip import cli
 from nnunet_poolskip.diagnostics.history import (DIAG_EVERY_VARIABLE, HISTORY_FILENAME, append_record,
                                                  diagnostics_every, read_history, should_record, truncate_history,
                                                  weight_record)
-from nnunet_poolskip.diagnostics.layer_statistics import (NEAR_ZERO_FACTOR, conv_layers, dead_units, layer_diagnostics,
-                                                          weight_statistics)
+from nnunet_poolskip.diagnostics.layer_statistics import (NEAR_ZERO_FACTOR, conv_layers, dead_units, encoder_summary,
+                                                          is_encoder_stage, layer_diagnostics, weight_statistics)
 from nnunet_poolskip.nn.inject import inject_pool_skip
 from nnunet_poolskip.nn.pool_skip import PoolSkip3d
 
@@ -137,6 +137,26 @@ def test_pool_skip_model_keeps_host_names_and_reports_inner_convs_separately():
     # Pool Skip's inner conv mixes all channels into the zeroed ones: they are zero filters, yet alive
     assert records[ZEROED]["zero_filter_channels"] == ZEROED_CHANNELS
     assert records[ZEROED]["dead_channels"] == []
+
+
+def test_encoder_summary_counts_encoder_host_convs_only():
+    network = small_unet()
+    plant(network)  # 2 dead units in the encoder (ZEROED), 2 in the decoder (FORCED, not counted)
+    inject_pool_skip(network, "all")
+    batch = torch.randn(1, 1, 16, 24, 24, generator=torch.Generator().manual_seed(1))
+    records = layer_diagnostics(network, [batch])
+    summary = encoder_summary(records)
+    hosts = [r for r in records if r["kind"] == "host" and r["name"].startswith("encoder.")]
+    assert summary["n_layers"] == len(hosts) == 6  # 3 stages x 2 convs; inner Pool Skip convs left out
+    assert summary["l2_l1_median"] == pytest.approx(float(np.median([r["l2_l1"] for r in hosts])), rel=1e-12)
+    assert (summary["n_dead_units"], summary["n_units"]) == (len(ZEROED_CHANNELS), 2 * (8 + 16 + 32))
+    assert summary["dead_fraction"] == pytest.approx(2 / 112)
+    weights_only = encoder_summary(layer_diagnostics(network))
+    assert (weights_only["n_units"], weights_only["dead_fraction"]) == (0, None)
+    assert weights_only["l2_l1_median"] == pytest.approx(summary["l2_l1_median"])
+    assert encoder_summary([])["l2_l1_median"] is None
+    assert [is_encoder_stage(s) for s in ("encoder.0", "in_tr", "down_tr256", "up_tr256", "out_tr", "decoder.0",
+                                          None)] == [True, True, True, False, False, False, False]
 
 
 def test_residual_encoder_units_and_skip_projections():

@@ -66,8 +66,13 @@ def test_table3_values_and_deltas(tmp_path, summaries):
     assert [r["n_cases"] for r in rows] == ["2", "2", "1"]
 
     per_organ = (out / "per_organ.md").read_text().splitlines()
-    assert "| 1 liver | 85.00 | 92.50 +7.50 | 70.00 -15.00 |" in per_organ
-    assert "| 2 spleen | 60.00 | 70.00 +10.00 | 50.00 -10.00 |" in per_organ
+    # Means per model, then the paired differences against nnUNet: liver B - A = +10, +5 over x, y (mean +7.50,
+    # every resample lies in [5, 10]); C has liver only in x: -10 (one case: no interval, no p).
+    assert ("| 1 liver | 85.00 | 92.50 | 70.00 | +7.50 [+5.00, +10.00] p=0.50 (Holm 0.50) ‡ "
+            "| -10.00 [n/a] p=n/a (Holm n/a) ‡ |") in per_organ
+    # spleen has one paired case (y is empty in both): a difference, but no interval and no test
+    assert ("| 2 spleen | 60.00 | 70.00 | 50.00 | +10.00 [n/a] p=n/a (Holm n/a) ‡ "
+            "| -10.00 [n/a] p=n/a (Holm n/a) ‡ |") in per_organ
     organ_rows = list(csv.DictReader((out / "per_organ.csv").open()))
     spleen_b = next(r for r in organ_rows if r["organ"] == "spleen" and r["model"] == "nnUNet+PoolSkip")
     assert float(spleen_b["iou_percent"]) == pytest.approx(35.0) and spleen_b["n_scored"] == "1"
@@ -83,6 +88,14 @@ def test_console_script_default_names(tmp_path, summaries):
     a, b, _ = summaries
     proc = run_cli(["nnunet-poolskip", "compare", str(a), str(b), "-o", str(tmp_path / "cmp")], env=None)
     assert "| a | 72.50 | 62.50 | 36.25 |" in proc.stdout and "| b | 81.25 +8.75 |" in proc.stdout
+    assert {p.name for p in (tmp_path / "cmp").iterdir()} == {"table3.md", "table3.csv", "per_organ.md",
+                                                              "per_organ.csv", "per_organ_dice.png",
+                                                              "statistics.json", "differences.png"}
+
+
+def test_one_summary_writes_tables_without_statistics(tmp_path, summaries):
+    a, _, _ = summaries
+    assert main(["compare", str(a), "-o", str(tmp_path / "cmp")]) == 0
     assert {p.name for p in (tmp_path / "cmp").iterdir()} == {"table3.md", "table3.csv", "per_organ.md",
                                                               "per_organ.csv", "per_organ_dice.png"}
 
