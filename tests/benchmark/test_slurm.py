@@ -1,11 +1,11 @@
 """The jobs of ``benchmark --emit slurm`` on a real SLURM: a single-node cluster on this machine, started by
 scripts/slurm_local_cluster.sh (root and apt-get needed; the test skips, saying why, where it cannot start one).
 
-One tiny benchmark (2 models x 2 folds, the scaled-down settings of test_benchmark.py) is submitted with its
-submit.sh; a second submit.sh is refused while the first one's jobs are queued; the training array is cancelled
-mid-training (scancel), and the finish job, whose dependency can no longer be satisfied, is cancelled with it;
-then submit.sh is run again: prepare -> train -> finish complete, the folds finished before the cancel are not
-retrained, the interrupted one continues, and the table is built.
+A tiny benchmark (2 models, the scaled-down settings of test_benchmark.py; 2 folds, or with ``--seeds`` 1 fold x
+2 seeds) is submitted with its submit.sh; a second submit.sh is refused while the first one's jobs are queued;
+the training array is cancelled mid-training (scancel), and the finish job, whose dependency can no longer be
+satisfied, is cancelled with it; then submit.sh is run again: prepare -> train -> finish complete, the folds
+finished before the cancel are not retrained, the interrupted one continues, and the table is built.
 
 Exit states come from ``scontrol show job``: without an accounting database ``sacct`` knows nothing, while
 slurmctld keeps finished jobs for MinJobAge seconds (3600 in the local cluster's slurm.conf, SLURM's default
@@ -20,11 +20,12 @@ import math
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import pytest
 
@@ -42,8 +43,11 @@ TIMEOUT_S = 1500  # per wait; a quiet 2-core machine needs a few minutes for the
 # 3 epochs instead of 2: the cancel lands in the second or third epoch, with a checkpoint, well before the end
 ARGS = [*SCALED_DOWN, "--epochs", "3"]
 MODEL_NAMES = ("nnunet", "nnunet_poolskip")
-FOLDS = (0, 1)
 PLANS = "nnUNetPlansCPU"
+VARIANTS = {  # name: (folds, seeds); each variant trains 4 runs, so that CI pays for the SLURM test twice, not 3x
+    "folds": ((0, 1), None),
+    "seeds": ((0,), (0, 1)),  # --seeds: one array task per model x fold x seed, seed folders
+}
 
 
 def unavailable(reason: str) -> None:
@@ -181,14 +185,30 @@ def test_submit_script_chains_the_jobs_and_refuses_while_its_last_submission_is_
 
 
 # ------------------------------------------------------------------------------------------------ test
-def expected_runs(results: Path) -> List[Tuple[str, str, int, Path]]:
-    """(model, trainer, fold, fold folder) of every array task, in the array's order."""
+class Run(NamedTuple):
+    model: str
+    trainer: str
+    fold: int
+    seed: Optional[int]
+    folder: Path  # nnU-Net's fold folder
+
+    @property
+    def label(self) -> str:
+        """How the train task's log names it."""
+        return f"{self.model} fold {self.fold}" + ("" if self.seed is None else f" seed {self.seed}")
+
+
+def expected_runs(results: Path, folds: Sequence[int], seeds: Optional[Sequence[int]]) -> List[Run]:
+    """Every array task, in the array's order: seed by seed (a seed's runs in nnUNet_results/seed_<s>), then
+    model by model, then fold by fold."""
     runs = []
-    for name in MODEL_NAMES:
-        trainer = MODELS[name].trainer_for("btcv")
-        for fold in FOLDS:
-            runs.append((name, trainer, fold,
-                         results / "Dataset017_BTCV" / f"{trainer}__{PLANS}__3d_fullres" / f"fold_{fold}"))
+    for seed in seeds or (None,):
+        seed_results = results if seed is None else results / f"seed_{seed}"
+        for name in MODEL_NAMES:
+            trainer = MODELS[name].trainer_for("btcv")
+            for fold in folds:
+                runs.append(Run(name, trainer, fold, seed, seed_results / "Dataset017_BTCV" /
+                                f"{trainer}__{PLANS}__3d_fullres" / f"fold_{fold}"))
     return runs
 
 
@@ -202,20 +222,28 @@ def task_log(jobs: Path, array_id: str, task: int) -> str:
     return (jobs / "logs" / f"poolskip-train_{array_id}_{task}.out").read_text()
 
 
+def foreground_dice(summary: Path) -> float:
+    return json.loads(summary.read_text())["foreground_mean"]["dice"]
+
+
 @pytest.mark.integration
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the local SLURM cluster is Debian's")
-def test_emitted_jobs_on_a_local_slurm_cancelled_mid_training_then_resubmitted(tmp_path, local_cluster):
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_emitted_jobs_on_a_local_slurm_cancelled_mid_training_then_resubmitted(tmp_path, local_cluster, variant):
+    folds, seeds = VARIANTS[variant]
     split = tmp_path / "split.json"  # 2 test cases, 6 train+val cases, the paper's 5 folds
     split.write_text(json.dumps({"dataset": "BTCV", "test": ["img0001", "img0002"],
                                  "train": [f"img{i:04d}" for i in range(3, 9)], "folds": {"n_folds": 5, "seed": 1}}))
     out, work, jobs = tmp_path / "results", tmp_path / "work", tmp_path / "jobs"
     env = clean_env()
-    run_cli(["nnunet-poolskip", "benchmark", *ARGS, "--split-file", str(split), "--output", str(out),
-             "--work", str(work), "--emit", "slurm", str(jobs)], env)
-    runs = expected_runs(work / "nnUNet_results")
+    seed_args = ["--seeds", *map(str, seeds)] if seeds else []
+    run_cli(["nnunet-poolskip", "benchmark", *ARGS, "--folds", *map(str, folds), *seed_args, "--split-file",
+             str(split), "--output", str(out), "--work", str(work), "--emit", "slurm", str(jobs)], env)
+    runs = expected_runs(work / "nnUNet_results", folds, seeds)
     train_script = (jobs / "train.sbatch").read_text()
-    assert re.findall(r"^\s*(\d+)\) MODEL=(\w+); TRAINER=(\w+); FOLD=(\d+) ;;$", train_script, re.M) == [
-        (str(i), m, t, str(f)) for i, (m, t, f, _) in enumerate(runs)]
+    assert re.findall(r"^\s*(\d+)\) MODEL=(\w+); TRAINER=(\w+); FOLD=(\d+)(?:; SEED=(\d+); RESULTS=\S+)? ;;$",
+                      train_script, re.M) == [(str(i), r.model, r.trainer, str(r.fold), "" if r.seed is None
+                                               else str(r.seed)) for i, r in enumerate(runs)]
 
     # 1) submit; a second submission is refused while these jobs are queued
     first = submit(jobs, env)
@@ -227,24 +255,24 @@ def test_emitted_jobs_on_a_local_slurm_cancelled_mid_training_then_resubmitted(t
     def cancel_point() -> bool:
         assert active(first), "every job ended before the cancel point:\n" + json.dumps(end_states(first))
         completed = "COMPLETED" in task_states(first["train"], len(runs))
-        return completed and any(in_second_epoch(fold) for *_, fold in runs)
+        return completed and any(in_second_epoch(run.folder) for run in runs)
 
     wait_until(cancel_point, "a completed training task and another fold in its second epoch", jobs)
     subprocess.run(["scancel", first["train"]], check=True, timeout=60)
     wait_until(lambda: not active(first), "the cancelled array and the finish job to leave the queue", jobs,
                timeout=300)
-    at_cancel = {run[:3]: fold_state(run[3]) for run in runs}
-    done = [run for run in runs if at_cancel[run[:3]] == FoldState.DONE]
-    interrupted = [run for run in runs if run not in done and any(run[3].glob("training_log_*.txt"))]
+    at_cancel = {run: fold_state(run.folder) for run in runs}
+    done = [run for run in runs if at_cancel[run] == FoldState.DONE]
+    interrupted = [run for run in runs if run not in done and any(run.folder.glob("training_log_*.txt"))]
     assert done and interrupted, at_cancel
-    assert {at_cancel[run[:3]] for run in interrupted} & {FoldState.RESUME, FoldState.VALIDATE}, at_cancel
-    fingerprints = {run[:3]: fold_fingerprint(run[3]) for run in done}
+    assert {at_cancel[run] for run in interrupted} & {FoldState.RESUME, FoldState.VALIDATE}, at_cancel
+    fingerprints = {run: fold_fingerprint(run.folder) for run in done}
     states = end_states(first)
     assert states["prepare"] == [("", "COMPLETED", "0:0", "None")]
     for run, state in zip(runs, task_states(first["train"], len(runs))):
         # a fold can be done (its files complete) while its process was still exiting when the cancel came
-        assert state in (("COMPLETED", "CANCELLED") if run in done else ("CANCELLED",)), (run[:3], states["train"])
-        assert state != "COMPLETED" or fold_state(run[3]) == FoldState.DONE
+        assert state in (("COMPLETED", "CANCELLED") if run in done else ("CANCELLED",)), (run, states["train"])
+        assert state != "COMPLETED" or fold_state(run.folder) == FoldState.DONE
     assert [(s, r) for _, s, _, r in states["finish"]] == [("CANCELLED", "DependencyNeverSatisfied")]
     assert not (out / "table.md").exists()
 
@@ -257,30 +285,39 @@ def test_emitted_jobs_on_a_local_slurm_cancelled_mid_training_then_resubmitted(t
     assert states["finish"] == [("", "COMPLETED", "0:0", "None")], \
         (jobs / "logs" / f"poolskip-finish_{second['finish']}.out").read_text()[-3000:]
     for index, run in enumerate(runs):
-        model, trainer, fold, folder = run
-        assert fold_state(folder) == FoldState.DONE
+        assert fold_state(run.folder) == FoldState.DONE
         log = task_log(jobs, second["train"], index)
         if run in done:
-            assert log.splitlines()[-1] == f"{model} fold {fold}: done"  # exits at once: nothing retrained
+            assert log.splitlines()[-1] == f"{run.label}: done"  # exits at once: nothing retrained
             assert "Please cite the following paper when using nnU-Net" not in log
-            assert fold_fingerprint(folder) == fingerprints[run[:3]]
+            assert fold_fingerprint(run.folder) == fingerprints[run]
         else:  # interrupted: continues from its checkpoint (--c), or only validates; not started: trains
-            assert f"{model} fold {fold} ({trainer}): {at_cancel[run[:3]].value}\n" in log
+            assert f"{run.label} ({run.trainer}): {at_cancel[run].value}\n" in log
+    if seeds:  # each seed trained in its own folder: nothing in the unseeded one
+        assert not (work / "nnUNet_results" / "Dataset017_BTCV").exists()
     prepare_log = (jobs / "logs" / f"poolskip-prepare_{second['prepare']}.out").read_text()
     assert "-- nnUNetv2_plan_and_preprocess: plans and preprocessed data exist" in prepare_log
     assert "-> " not in prepare_log  # no step ran again
 
-    # 4) the outputs of the finish job: predictions, summaries, the table, run.json
+    # 4) the outputs of the finish job: predictions and summaries (per seed), the table, run.json
     with open(out / "table.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["model"] for r in rows] == ["nnU-Net", "nnU-Net + Pool Skip"]
     for row, model in zip(rows, MODEL_NAMES):
-        summary = json.loads((out / "summaries" / f"{model}.json").read_text())
+        summary = json.loads((out / "summaries" / f"{model}.json").read_text())  # with seeds: their average
         assert [c["case"] for c in summary["per_case"]] == ["img0001", "img0002"]
         for key, metric in (("dice_percent", "dice"), ("nsd_percent", "nsd"), ("miou_percent", "iou")):
             assert math.isfinite(float(row[key])) and 0.0 <= float(row[key]) <= 100.0
             assert float(row[key]) == pytest.approx(100 * summary["foreground_mean"][metric], abs=1e-3)
-        assert (row["folds"], row["epochs"], row["run_complete"]) == ("0 1", "3", "true")
+        assert (row["folds"], row["epochs"], row["run_complete"]) == (" ".join(map(str, folds)), "3", "true")
+        for seed in seeds or (None,):
+            predictions = out / "predictions" / ("" if seed is None else f"seed_{seed}") / model
+            assert sorted(p.name for p in predictions.glob("*.nii.gz")) == ["img0001.nii.gz", "img0002.nii.gz"]
+        if seeds:
+            per_seed = [100 * foreground_dice(out / "summaries" / f"seed_{seed}" / f"{model}.json") for seed in seeds]
+            assert row["seeds"] == " ".join(map(str, seeds))
+            assert float(row["dice_seed_mean_percent"]) == pytest.approx(statistics.mean(per_seed), abs=1e-3)
+            assert float(row["dice_seed_sd_percent"]) == pytest.approx(statistics.stdev(per_seed), abs=1e-3)
     assert "Status: complete" in (out / "table.md").read_text()
     record = json.loads((out / "run.json").read_text())
     assert [(i["argv"][-2:], i["status"]) for i in record["invocations"]] == [
