@@ -9,7 +9,11 @@ Writes into DIR:
                     a task whose fold is already done exits at once, an interrupted one continues (``--c``), the
                     same rules as the local runner (training_runs.py)
     finish.sbatch   predict + evaluate + compare: ``nnunet-poolskip benchmark ... --stage finish``
-    submit.sh       submits the three, chained with ``--dependency=afterok``
+    submit.sh       submits the three, chained with ``--dependency=afterok`` (a job whose predecessor failed or
+                    was cancelled is cancelled too); rerun it to resume; it refuses while jobs of its last
+                    submission (ids in submitted_jobs.txt) are still queued or running
+    logs/           the jobs' output: poolskip-prepare_<job>.out, poolskip-train_<array job>_<task>.out,
+                    poolskip-finish_<job>.out
 Nothing is submitted by the benchmark itself.
 """
 from __future__ import annotations
@@ -27,14 +31,22 @@ from nnunet_poolskip.training.schedule import SCHEDULE_VARIABLES, SEED_VARIABLE
 from nnunet_poolskip.utilities.atomic import atomic_path
 
 SCRIPT_NAMES = ("env.sh", "prepare.sbatch", "train.sbatch", "finish.sbatch", "submit.sh")
+SUBMITTED = "submitted_jobs.txt"
+"""submit.sh records the job ids of its last submission here (one a line: prepare, train array, finish)."""
+# a job whose predecessor failed or was cancelled is cancelled too, instead of pending forever
+# (DependencyNeverSatisfied) and blocking the resubmission
+KILL_ON_INVALID_DEPENDENCY = "--kill-on-invalid-dep=yes"
 
 
 def _exports(variables: Dict[str, str]) -> List[str]:
     return [f"export {k}={shlex.quote(v)}" for k, v in variables.items()]
 
 
-def _header(job_name: str, logs: Path, options: Sequence[str], extra: Sequence[str] = ()) -> List[str]:
-    lines = ["#!/bin/bash", f"#SBATCH --job-name={job_name}", f"#SBATCH --output={logs}/{job_name}_%A_%a.out"]
+def _header(job_name: str, logs: Path, options: Sequence[str], extra: Sequence[str] = (),
+            array: bool = False) -> List[str]:
+    # %A_%a (array job id, task index) only for the array: a plain job's %a is 4294967294
+    output = f"{logs}/{job_name}_%A_%a.out" if array else f"{logs}/{job_name}_%j.out"
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={job_name}", f"#SBATCH --output={output}"]
     lines += [f"#SBATCH {o}" for o in extra]
     lines += [f"#SBATCH {o}" for o in options]  # the user's options last: sbatch lets later ones win
     return lines
@@ -84,7 +96,8 @@ def emit_slurm(config, folder: os.PathLike, benchmark_argv: Sequence[str],
         "nnUNetv2_train", config.target.dataset_id, "$FOLD", "$TRAINER", config.plans, settings.device,
         settings.num_gpus))
     model_dir = f'"$RESULTS"/Dataset{config.target.dataset_id:03d}_*/"$TRAINER"__{config.plans}__{CONFIGURATION}'
-    train = _header("poolskip-train", logs, sbatch_options, gpu_lines + [f"--array=0-{len(runs) - 1}"]) + [
+    array = [f"--array=0-{len(runs) - 1}", KILL_ON_INVALID_DEPENDENCY]
+    train = _header("poolskip-train", logs, sbatch_options, gpu_lines + array, array=True) + [
         "set -euo pipefail", f"source {shlex.quote(str(folder / 'env.sh'))}", *_exports(train_only),
         f"SEED=; RESULTS={shlex.quote(str(config.workspace.results))}  # the unseeded run's defaults",
         'case "$SLURM_ARRAY_TASK_ID" in', *cases,
@@ -109,15 +122,31 @@ def emit_slurm(config, folder: os.PathLike, benchmark_argv: Sequence[str],
         train_line + ' ${FLAGS[@]+"${FLAGS[@]}"}']
 
     finish_gpu = ["--gres=gpu:1"] if settings.device == "cuda" else []  # inference uses one GPU
-    finish = _header("poolskip-finish", logs, sbatch_options, finish_gpu) + [
+    finish = _header("poolskip-finish", logs, sbatch_options, finish_gpu + [KILL_ON_INVALID_DEPENDENCY]) + [
         "set -euo pipefail", f"source {shlex.quote(str(folder / 'env.sh'))}", f"{cli} --stage finish"]
 
-    submit = ["#!/bin/bash", "# submit the benchmark: prepare -> train (array) -> finish, each after the previous succeeded",
-              "set -euo pipefail", f"cd {shlex.quote(str(folder))}",
-              "prepare=$(sbatch --parsable prepare.sbatch)",
-              'train=$(sbatch --parsable --dependency=afterok:"$prepare" train.sbatch)',
-              'finish=$(sbatch --parsable --dependency=afterok:"$train" finish.sbatch)',
-              'echo "submitted: prepare $prepare, train $train (array of ' + str(len(runs)) + ' tasks), finish $finish"']
+    submit = [
+        "#!/bin/bash",
+        "# submit the benchmark: prepare -> train (array) -> finish, each after the previous succeeded.",
+        "# Run it again to resume after a cancel, a failure or a time limit: finished steps and folds are skipped.",
+        "set -euo pipefail", f"cd {shlex.quote(str(folder))}",
+        "# two submissions at once would train the same fold twice at the same time",
+        f"if [[ -s {SUBMITTED} ]]; then",
+        f'  active=$(squeue --noheader --format=%F --user="$(id -un)" | grep -Fx -f {SUBMITTED} | sort -u || true)',
+        '  if [[ -n "$active" ]]; then',
+        '    echo "jobs of the last submission of this benchmark are still queued or running:" $active'
+        '"; wait for them or scancel them first" >&2',
+        "    exit 1",
+        "  fi",
+        "fi",
+        f": > {SUBMITTED}",
+        'prepare=$(sbatch --parsable prepare.sbatch); prepare=${prepare%%;*}  # "id;cluster" on multi-cluster sites',
+        f'echo "$prepare" >> {SUBMITTED}',
+        'train=$(sbatch --parsable --dependency=afterok:"$prepare" train.sbatch); train=${train%%;*}',
+        f'echo "$train" >> {SUBMITTED}',
+        'finish=$(sbatch --parsable --dependency=afterok:"$train" finish.sbatch); finish=${finish%%;*}',
+        f'echo "$finish" >> {SUBMITTED}',
+        'echo "submitted: prepare $prepare, train $train (array of ' + str(len(runs)) + ' tasks), finish $finish"']
 
     written = []
     for name, lines in zip(SCRIPT_NAMES, (env_sh, prepare, train, finish, submit)):
