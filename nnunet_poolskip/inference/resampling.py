@@ -12,7 +12,7 @@ fold ensemble does this once per fold, so on a GPU server it decides the ensembl
 1. ``torch.nn.functional.interpolate`` in float64 (same half-pixel mapping and clamped edges) agrees with SciPy to
    about 1e-13; it differs only in the order of the floating-point operations.
 2. That difference can change the float16 rounding only where a value lies within one float32 step of a float16
-   rounding midpoint (about 4 values in 10^4, plus float16's subnormal range). Those voxels are recomputed with
+   rounding midpoint (about 4 values in 10^4), or is close to zero (below 2**-5). Those voxels are recomputed with
    SciPy's own arithmetic (``_scipy_linear_at``), then rounded once, to nearest even, as NumPy rounds.
 3. With ``output_dtype=torch.float32`` the float16 values come back as float32 (what nnU-Net's softmax reads),
    rounded by Veltkamp's split instead of two conversions, which are slow on many CPUs.
@@ -38,11 +38,11 @@ DEFAULT_PROBABILITY_RESAMPLING = "resample_data_or_seg_to_shape"
 
 Resampler = Callable[..., torch.Tensor]
 
-# float32 bit patterns: the 13 mantissa bits that float16 drops, and |x| < 2**-14 (float16's subnormal range).
+# float32 bit patterns: the 13 mantissa bits that float16 drops, their value at a float16 rounding midpoint.
 _DROPPED_BITS = 0x1FFF
 _HALF_MIDPOINT = 0x1000
 _ABS_MASK = 0x7FFFFFFF
-_HALF_MIN_NORMAL_BITS = 0x38800000
+_SMALL_BITS = 0x3D000000  # 2**-5 as float32 bits: smaller values are always recomputed exactly
 _VELTKAMP_FACTOR = float(2 ** 13 + 1)  # float32 keeps 24 bits, float16 11: splitting off 13 rounds to float16
 
 
@@ -115,17 +115,21 @@ def resample_logits(logits: torch.Tensor, new_shape: Sequence[int], current_spac
     axis = axis if separate else 0
     moved_shape = [new_shape[axis]] + [s for a, s in enumerate(new_shape) if a != axis]
     out = torch.empty((logits.shape[0], *new_shape), dtype=output_dtype, device=logits.device)
-    round_to_half = logits.dtype == torch.float16
+    plan = _SeparablePlan(torch.movedim(logits[0], axis, 0).shape, moved_shape, separate, logits.device)
     for channel in range(logits.shape[0]):
         data = torch.movedim(logits[channel], axis, 0).to(torch.float64)
-        plan = _SeparablePlan(data.shape, moved_shape, separate, data.device)
-        fast = plan.interpolate(data).contiguous()
-        if round_to_half:
-            rounded = _round_like_float16(fast, functools.partial(plan.exact_at, data), output_dtype)
+        linear = plan.interpolate_linear(data)  # float64: in 3D, or within the planes when the thick axis is apart
+        # Round where the result has the output's layout already (no nearest copies along the thick axis to come).
+        target = out[channel] if axis == 0 and list(linear.shape) == moved_shape else None
+        if logits.dtype == torch.float16:
+            rounded = _round_like_float16(linear, functools.partial(plan.exact_linear_at, data), output_dtype,
+                                          out=target)
         else:
-            rounded = fast.to(torch.float32)
-        out[channel] = torch.movedim(rounded, 0, axis)
-        del data, fast, rounded
+            rounded = linear.to(torch.float32) if target is None else target.copy_(linear)
+        del linear
+        if target is None:
+            out[channel] = torch.movedim(plan.nearest_along_thick_axis(rounded), 0, axis)
+        del data, rounded
     return out
 
 
@@ -137,27 +141,26 @@ class _SeparablePlan:
         # Linear axes: all three, or the two in-plane ones when the thick axis (axis 0 here) is separate.
         self.linear_axes = [1, 2] if separate else [0, 1, 2]
         self.tables = {a: _linear_table(in_shape[a], out_shape[a], device) for a in self.linear_axes}
-        if separate:
+        self.linear_shape = [in_shape[0], *out_shape[1:]] if separate else list(out_shape)
+        self.nearest = None
+        if separate and in_shape[0] != out_shape[0]:
             self.nearest = torch.from_numpy(_nearest_index(in_shape[0], out_shape[0])).to(device)
 
-    def interpolate(self, data: torch.Tensor) -> torch.Tensor:
-        """Fast float64 result (within about 1e-13 of SciPy's), shaped ``out_shape``."""
+    def interpolate_linear(self, data: torch.Tensor) -> torch.Tensor:
+        """The linear part, in float64 (within about 1e-13 of SciPy's values), shaped ``linear_shape``."""
         if not self.separate:
             return F.interpolate(data[None, None], size=self.out_shape, mode="trilinear", align_corners=False)[0, 0]
-        planes = data
-        if list(planes.shape[1:]) != self.out_shape[1:]:
-            planes = F.interpolate(planes[:, None], size=self.out_shape[1:], mode="bilinear",
-                                   align_corners=False)[:, 0]
-        if planes.shape[0] != self.out_shape[0]:
-            planes = planes[self.nearest]  # advanced indexing: torch's CPU index_select is far slower here
-        return planes
+        if list(data.shape[1:]) == self.out_shape[1:]:
+            return data
+        return F.interpolate(data[:, None], size=self.out_shape[1:], mode="bilinear", align_corners=False)[:, 0]
 
-    def exact_at(self, data: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:
-        """SciPy's float64 values at the given flat output indices, computed as SciPy computes them."""
-        coordinates = _unravel(flat_index, self.out_shape)
-        if self.separate:  # nearest along the thick axis copies a plane that was resized in 2D
-            coordinates[0] = self.nearest[coordinates[0]]
-        return _scipy_linear_at(data, coordinates, self.tables)
+    def nearest_along_thick_axis(self, planes: torch.Tensor) -> torch.Tensor:
+        """nnU-Net's order-0 step along the thick axis: copies of whole planes (a no-op without one)."""
+        return planes if self.nearest is None else planes[self.nearest]  # torch's CPU index_select is far slower
+
+    def exact_linear_at(self, data: torch.Tensor, flat_index: torch.Tensor) -> torch.Tensor:
+        """SciPy's float64 values of the linear part at flat indices of ``linear_shape``, computed as SciPy does."""
+        return _scipy_linear_at(data, _unravel(flat_index, self.linear_shape), self.tables)
 
 
 def _linear_table(n_in: int, n_out: int, device: torch.device) -> Tuple[torch.Tensor, ...]:
@@ -209,24 +212,30 @@ def _scipy_linear_at(data: torch.Tensor, coordinates: List[torch.Tensor], tables
     return total
 
 
-def _round_like_float16(fast: torch.Tensor, exact_at: Callable[[torch.Tensor], torch.Tensor],
-                        store: torch.dtype) -> torch.Tensor:
-    """``fast`` (float64, within about 1e-13 of the exact values) rounded to float16 as the exact values round, stored
-    as ``store`` (float16, or float32 holding float16 values)."""
+def _round_like_float16(fast: torch.Tensor, exact_at: Callable[[torch.Tensor], torch.Tensor], store: torch.dtype,
+                        out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``fast`` (float64, close to the exact values, see below) rounded to float16 as the exact values round, stored
+    as ``store`` (float16, or float32 holding float16 values), into ``out`` when given.
+
+    For float16 inputs (|v| <= 65504) both the fast and SciPy's sums of at most eight weighted values carry rounding
+    errors below 32 * 2**-53 * 65504, about 2.3e-10 each. Away from zero (|x| >= 2**-5, where a float32 step is
+    3.7e-9) the fast value can therefore round otherwise only within one float32 step of a float16 midpoint; those
+    values and all smaller ones (which include float16's subnormal range) are recomputed exactly.
+    """
     single = fast.to(torch.float32)
     bits = single.view(torch.int32)
-    # Within one float32 step of a float16 rounding midpoint (the 13 bits float16 drops are 0x0FFF..0x1001), or in
-    # float16's subnormal range, whose midpoints lie elsewhere: only there may the fast value round otherwise.
-    near_midpoint = ((bits - (_HALF_MIDPOINT - 1)) & _DROPPED_BITS) < 3
-    near_midpoint |= (bits & _ABS_MASK) < _HALF_MIN_NORMAL_BITS
-    index = near_midpoint.view(-1).nonzero().view(-1)
-    del near_midpoint, bits
+    # The 13 bits that float16 drops are 0x0FFF..0x1001: within one float32 step of a float16 rounding midpoint.
+    recompute = ((bits - (_HALF_MIDPOINT - 1)) & _DROPPED_BITS) < 3
+    recompute |= (bits & _ABS_MASK) < _SMALL_BITS
+    index = recompute.view(-1).nonzero().view(-1)
+    del recompute, bits
     if store == torch.float16:
-        rounded = single.to(torch.float16)
+        rounded = single.to(torch.float16) if out is None else out.copy_(single)
     else:  # Veltkamp's split keeps the 11 leading bits, rounded to nearest: float16's rounding, without converting
         scaled = single * _VELTKAMP_FACTOR
-        rounded = scaled - (scaled - single)
-        del scaled
+        difference = scaled - single
+        rounded = torch.sub(scaled, difference, out=out)
+        del scaled, difference
     if index.numel():
         rounded.view(-1)[index] = round_to_dtype(exact_at(index), torch.float16).to(store)
     return rounded

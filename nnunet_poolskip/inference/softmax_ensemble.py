@@ -188,7 +188,8 @@ class SoftmaxFoldEnsemble:
             model_folder: ``nnUNet_results/DatasetXXX/Trainer__Plans__configuration``.
             folds: folds to ensemble (ints or ``all``).
             checkpoint_name: checkpoint file inside each ``fold_X``.
-            device: ``cuda``, ``cpu`` or ``mps``: prediction, resampling and softmax all run there.
+            device: ``cuda``, ``cpu`` or ``mps``: prediction, resampling and softmax run there (resampling and
+                softmax on the CPU for ``mps``, which has no float64).
             use_mirroring: test-time mirroring along the axes the trainer allowed.
             tile_step_size: sliding-window step as a fraction of the patch size (nnU-Net's default 0.5).
             average: ``exact`` (default): the mean of the folds' probabilities at the original geometry, equal to the
@@ -208,6 +209,8 @@ class SoftmaxFoldEnsemble:
         self.folds = list(folds)
         self.average = average
         self.device = torch.device(device)
+        # Resampling and softmax run where the logits are predicted; MPS has no float64, so there on the CPU.
+        self.export_device = self.device if self.device.type in ("cpu", "cuda") else torch.device("cpu")
         self.predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True,
                                          use_mirroring=use_mirroring, perform_everything_on_device=True,
                                          device=self.device, verbose=verbose,
@@ -248,7 +251,7 @@ class SoftmaxFoldEnsemble:
                                                          predictor.dataset_json)
         data = torch.from_numpy(data)
         grid = _ExportGrid(predictor.plans_manager, predictor.configuration_manager, properties)
-        total = _RunningSum(self.device)
+        total = _RunningSum(self.export_device)
         try:
             for fold, parameters in zip(self.folds, self.fold_parameters):
                 predictor.list_of_parameters = [parameters]
