@@ -26,9 +26,11 @@ does on real CT, where the original grid is finer than the network's. On a CPU t
 grid must be much finer than the network grid for the export to weigh what it weighs next to a GPU's network;
 the default zoom gives a network grid of about 32x52x52 and an export grid of about 48x250x250 voxels, 14 classes.
 
-After the timing, (a) is run once more with ``--save-probabilities``: its probabilities are compared with the mean
-of (c)'s per-fold probabilities (max |difference|), its label map with their argmax, and (a')'s label map with
-(a)'s (voxels that differ, Dice per label).
+After the timing, (a) and (a') are run once more with ``--save-probabilities``: (a)'s probabilities are compared with
+the mean of (c)'s per-fold probabilities (max |difference|), its label map with their argmax and with
+nnUNetv2_ensemble's, and (a') with (a) (probabilities; label voxels that differ, Dice per label). The models are
+barely trained, so their probabilities are flat and labels flip easily: the (a')/(a) label agreement here is a
+pessimistic figure; on trained models compare the two modes' Dice with ``nnunet-poolskip evaluate``.
 
     python benchmarks/ensemble_cost.py                         # CPU, the default sizes (about 8 min on 2 cores)
     python benchmarks/ensemble_cost.py --tiny                  # quick smoke run
@@ -361,22 +363,29 @@ def dice_per_label(a: np.ndarray, b: np.ndarray) -> Dict[int, float]:
     return {int(k): float(2 * np.sum((a == k) & (b == k)) / (np.sum(a == k) + np.sum(b == k))) for k in labels}
 
 
+def _predict_probabilities(ws: Workspace, methods: Methods, case: str, case_dir: Path, name: str, *extra: str):
+    """Run (a) (with ``extra`` options) once more, untimed, with --save-probabilities; return (probabilities, labels)."""
+    import SimpleITK as sitk
+
+    out = ws.root / "runs" / name / case
+    if out.exists():
+        shutil.rmtree(out)
+    for i, argv in enumerate(methods.ours(case_dir, out, "--save-probabilities", *extra)):
+        run_measured(argv, methods.env, ws.root / "logs" / "runs" / f"{name}_{case}_{i}.log")
+    probabilities = np.load(out / f"{case}.npz")["probabilities"].astype(np.float64)
+    return probabilities, sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{case}.nii.gz")))
+
+
 def agreement(ws: Workspace, methods: Methods, cases: Dict[str, Path], compare_once: bool) -> Dict[str, dict]:
     """(a)'s probabilities against the mean of (c)'s per-fold ones; label maps against their argmax; (a') vs (a)."""
     import SimpleITK as sitk
 
     results = {}
     for case, case_dir in cases.items():
-        out = ws.root / "runs" / "a_probabilities" / case
-        if out.exists():
-            shutil.rmtree(out)
-        for i, argv in enumerate(methods.ours(case_dir, out, "--save-probabilities")):
-            run_measured(argv, methods.env, ws.root / "logs" / "runs" / f"a_probabilities_{case}_{i}.log")
-        ours = np.load(out / f"{case}.npz")["probabilities"].astype(np.float64)
+        ours, labels = _predict_probabilities(ws, methods, case, case_dir, "a_probabilities")
         folds = [np.load(ws.root / "runs" / "c" / case / f"fold_{f}" / f"{case}.npz")["probabilities"]
                  for f in methods.folds]
         mean = np.mean([f.astype(np.float64) for f in folds], axis=0)
-        labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{case}.nii.gz")))
         ensemble = sitk.GetArrayFromImage(sitk.ReadImage(str(ws.root / "runs" / "c" / case / "ensemble" /
                                                              f"{case}.nii.gz")))
         entry = {"voxels": int(labels.size), "classes": int(ours.shape[0]),
@@ -385,12 +394,17 @@ def agreement(ws: Workspace, methods: Methods, cases: Dict[str, Path], compare_o
                  "label_voxels_differing_a_vs_argmax_of_mean": int(np.sum(labels != mean.argmax(0))),
                  "label_voxels_differing_a_vs_nnUNetv2_ensemble": int(np.sum(labels != ensemble))}
         if compare_once:
-            once = sitk.GetArrayFromImage(sitk.ReadImage(str(ws.root / "runs" / "a_once" / case / f"{case}.nii.gz")))
-            dice = dice_per_label(labels, once)
-            entry.update({"label_voxels_differing_a_once_vs_a": int(np.sum(labels != once)),
+            once, once_labels = _predict_probabilities(ws, methods, case, case_dir, "a_once_probabilities",
+                                                       "--average", "resample-once")
+            difference = np.abs(once - ours)
+            dice = dice_per_label(labels, once_labels)
+            entry.update({"max_abs_probability_difference_a_once_vs_a": float(difference.max()),
+                          "mean_abs_probability_difference_a_once_vs_a": float(difference.mean()),
+                          "label_voxels_differing_a_once_vs_a": int(np.sum(labels != once_labels)),
                           "dice_a_once_vs_a": dice,
                           "dice_a_once_vs_a_mean": float(np.mean(list(dice.values()))) if dice else None,
-                          "dice_a_once_vs_a_min": float(min(dice.values())) if dice else None})
+                          "dice_a_once_vs_a_min": float(min(dice.values())) if dice else None,
+                          "mean_max_probability_a": float(ours.max(0).mean())})
         results[case] = entry
     return results
 
@@ -467,9 +481,13 @@ def print_report(info: dict, summary: dict, agree: Dict[str, dict], methods: Seq
               f"(a) vs argmax of that mean {entry['label_voxels_differing_a_vs_argmax_of_mean']}, (a) vs "
               f"nnUNetv2_ensemble {entry['label_voxels_differing_a_vs_nnUNetv2_ensemble']} of {entry['voxels']}")
         if "label_voxels_differing_a_once_vs_a" in entry:
-            print(f"  (a') vs (a): {entry['label_voxels_differing_a_once_vs_a']} of {entry['voxels']} label voxels "
+            print(f"  (a') vs (a): probabilities differ by up to {entry['max_abs_probability_difference_a_once_vs_a']:.3f}"
+                  f" (mean {entry['mean_abs_probability_difference_a_once_vs_a']:.2e}); "
+                  f"{entry['label_voxels_differing_a_once_vs_a']} of {entry['voxels']} label voxels "
                   f"differ ({100 * entry['label_voxels_differing_a_once_vs_a'] / entry['voxels']:.3f} %); Dice per "
-                  f"label mean {entry['dice_a_once_vs_a_mean']:.4f}, min {entry['dice_a_once_vs_a_min']:.4f}")
+                  f"label mean {entry['dice_a_once_vs_a_mean']:.4f}, min {entry['dice_a_once_vs_a_min']:.4f}. "
+                  f"(a)'s mean top-class probability is {entry['mean_max_probability_a']:.2f}: the shorter the "
+                  f"training, the flatter the probabilities and the more labels flip between the two modes")
 
 
 # ---------------------------------------------------------------------------------------------------------- main
@@ -488,6 +506,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="how much finer the test grid is than the phantoms' per axis")
     parser.add_argument("--test-cases", type=int, default=None, help="number of test cases (at most 5)")
     parser.add_argument("--repeats", type=int, default=None, help="repetitions per case and method")
+    parser.add_argument("--folds", type=int, nargs="+", default=None,
+                        help="folds to train and ensemble (default 0 1 2 3 4; --tiny: 0 1)")
     parser.add_argument("--tta", dest="tta", action="store_true", default=None, help="test-time mirroring on")
     parser.add_argument("--disable-tta", dest="tta", action="store_false", help="test-time mirroring off")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
@@ -498,7 +518,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     for key in ("train_size", "test_zoom", "test_cases", "repeats", "tta"):
         if getattr(args, key) is None:
             setattr(args, key, profile[key])
-    args.folds, args.schedule = profile["folds"], profile["schedule"]
+    args.folds = tuple(args.folds) if args.folds else profile["folds"]
+    args.schedule = profile["schedule"]
+    if len(set(args.folds)) != len(args.folds) or not all(0 <= f < 5 for f in args.folds):
+        parser.error("--folds must be distinct folds among 0..4")
     if not 1 <= args.test_cases <= PHANTOM_CASES // 2:
         parser.error(f"--test-cases must be 1..{PHANTOM_CASES // 2}")
     if args.repeats < 1:

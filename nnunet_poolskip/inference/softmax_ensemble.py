@@ -270,15 +270,9 @@ class SoftmaxFoldEnsemble:
         return self._to_original_geometry(mean, properties), properties
 
     def _nonlinearity(self, values):
-        """nnU-Net's inference nonlinearity on float32 ``values`` (classes first): the softmax over classes, computed
-        in place, or the label manager's own (sigmoid) for region-based models."""
-        label_manager = self.predictor.label_manager
-        if label_manager.has_regions:
-            return label_manager.apply_inference_nonlin(values)
-        values -= values.amax(0, keepdim=True)
-        values.exp_()
-        values /= values.sum(0, keepdim=True)
-        return values
+        """nnU-Net's inference nonlinearity (softmax over classes, or sigmoid for region-based models), through its
+        label manager as its export applies it, so that the probabilities are computed by the same kernel."""
+        return self.predictor.label_manager.apply_inference_nonlin(values)
 
     def _resample(self, values, grid: "_ExportGrid", device):
         """nnU-Net's resampling of ``values`` (classes first) to the cropped original grid, as a float32 tensor on

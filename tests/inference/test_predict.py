@@ -89,6 +89,9 @@ def test_softmax_ensemble_equals_mean_of_nnunet_single_fold_probabilities(toy_wo
             "-device", "cpu", "--disable_tta", "-npp", "0", "-nps", "0"] for f, out in zip((0, 1), fold_outputs)],
         ws.env)
 
+    for key, value in ws.env.items():  # this process, too, predicts (the reference) and resumes below
+        if key.startswith("nnUNet_"):
+            monkeypatch.setenv(key, value)
     cases = sorted(p.name[:-len("_0000.nii.gz")] for p in images.glob("*_0000.nii.gz"))
     assert len(cases) == 4
     for case in cases:
@@ -123,9 +126,6 @@ def test_softmax_ensemble_equals_mean_of_nnunet_single_fold_probabilities(toy_wo
 
     # --continue: done cases are skipped (untouched); a case without its label map is predicted again; --device
     # defaults to auto (cuda where torch sees a GPU, else cpu).
-    for key, value in ws.env.items():
-        if key.startswith("nnUNet_"):
-            monkeypatch.setenv(key, value)
     done, redo = (ours / f"{cases[0]}.nii.gz"), (ours / f"{cases[1]}.nii.gz")
     before = done.stat().st_mtime_ns
     redo.unlink()
