@@ -259,7 +259,7 @@ class SoftmaxFoldEnsemble:
                 if self.average == EXACT:
                     total.add(functools.partial(self._resample, logits, grid), self._nonlinearity)
                 else:
-                    total.add(functools.partial(_to_float32, logits), self._nonlinearity)
+                    total.add(logits.to, self._nonlinearity)
                 if progress is not None:
                     progress(fold)
         finally:
@@ -377,8 +377,3 @@ class _RunningSum:
     def mean(self, count: int):
         return self.total / count
 
-
-def _to_float32(tensor, device):
-    import torch
-
-    return tensor.to(device=device, dtype=torch.float32)

@@ -92,6 +92,9 @@ def test_softmax_ensemble_equals_mean_of_nnunet_single_fold_probabilities(toy_wo
     for key, value in ws.env.items():  # this process, too, predicts (the reference) and resumes below
         if key.startswith("nnUNet_"):
             monkeypatch.setenv(key, value)
+    # nnU-Net reads nnUNet_def_n_proc (its prediction threads) once, at import: match the subprocesses' single
+    # thread, or the reference's convolutions round differently
+    monkeypatch.setattr("nnunetv2.inference.predict_from_raw_data.default_num_processes", 1)
     cases = sorted(p.name[:-len("_0000.nii.gz")] for p in images.glob("*_0000.nii.gz"))
     assert len(cases) == 4
     for case in cases:
