@@ -6,7 +6,8 @@ import sys
 
 NAME = "predict"
 HELP = ("predict with a fold ensemble that averages SOFTMAX probabilities (nnUNetv2_predict averages logits); "
-        "nnU-Net's predictor does sliding window, mirroring and resampling for each fold")
+        "nnU-Net's predictor does sliding window and mirroring for each fold, whose logits are resampled on the "
+        "prediction device exactly as nnU-Net resamples them")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
