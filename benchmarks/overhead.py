@@ -16,6 +16,10 @@ forward, deep-supervision Dice+CE loss, backward, gradient clipping at 12, SGD w
 0.99), the networks interleaved repetition by repetition in this one process so that a change of
 machine load hits all three alike. With ``--device cuda`` also the peak CUDA memory of a step
 (torch.cuda.max_memory_allocated), in fp32 and under autocast (fp16 with a GradScaler, as nnU-Net).
+With ``--compile`` the networks run as nnU-Net trains them on CUDA, ``torch.compile(network)`` (default mode;
+``--compile-backend`` picks another backend): the first step's time (compilation included), then step time and peak
+memory; parameters, FLOPs and saved activations are those of the eager networks and are not repeated. A network that
+fails to compile is reported as such and the others still run.
 
 The saved-activation and FLOP ratios do not depend on the input size (everything that dominates scales
 with the number of voxels), so a CPU-sized patch gives the ratios of the real one; the real BTCV
@@ -24,6 +28,7 @@ patch (48x192x192, batch 2, the plan nnU-Net 2.8.1 derives for BTCV's median spa
 
     python benchmarks/overhead.py                           # CPU, batch 1, 64x64x64, fp32
     python benchmarks/overhead.py --device cuda             # real BTCV patch, fp32 and autocast
+    python benchmarks/overhead.py --device cuda --precision autocast --compile   # as nnU-Net trains on CUDA
     python benchmarks/overhead.py --no-timing --patch 32 64 64   # memory and FLOPs only, fast
     python benchmarks/overhead.py --plans nnUNetPlans.json --configuration 3d_fullres   # your plans
 """
@@ -216,20 +221,21 @@ def saved_tensor_bytes(step: TrainingStep) -> Tuple[int, int]:
     return sum(activations.values()), sum(v for k, v in copies.items() if k not in activations)
 
 
-def peak_cuda_step_bytes(step: TrainingStep) -> Tuple[int, int]:
+def peak_cuda_step_bytes(step: TrainingStep) -> Tuple[int, int, int]:
     """(peak bytes allocated during one step above what was allocated before it, bytes of this network's
-    parameters and optimizer state)."""
+    parameters and optimizer state, torch.cuda.max_memory_allocated during the step: everything allocated on the
+    device at the peak, other networks' parameters and the input batch included)."""
     torch.cuda.synchronize(step.device)
     step.optimizer.zero_grad(set_to_none=True)
     before = torch.cuda.memory_allocated(step.device)
     torch.cuda.reset_peak_memory_stats(step.device)
     step()
     torch.cuda.synchronize(step.device)
-    peak = torch.cuda.max_memory_allocated(step.device) - before
+    absolute = torch.cuda.max_memory_allocated(step.device)
     static = sum(p.numel() * p.element_size() for p in step.network.parameters())
     static += sum(t.numel() * t.element_size() for state in step.optimizer.state.values()
                   for t in state.values() if torch.is_tensor(t))
-    return peak, static
+    return absolute - before, static, absolute
 
 
 def interleaved_step_times(steps: Dict[str, TrainingStep], repeats: int, warmup: int,
@@ -280,8 +286,8 @@ def check_patch(patch: Sequence[int], strides: Sequence[Sequence[int]]) -> None:
                          f"on some axis)")
 
 
-def ratio(a: float, b: float) -> str:
-    return f"{a / b:.3f}" if b else "n/a"
+def ratio(a: Optional[float], b: Optional[float]) -> str:
+    return f"{a / b:.3f}" if a is not None and b else "n/a"
 
 
 def human_bytes(n: float) -> str:
@@ -292,7 +298,8 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def print_table(title: str, rows: Dict[str, Dict[str, float]], columns: Sequence[Tuple[str, str, Callable]]) -> None:
+def print_table(title: str, rows: Dict[str, Dict[str, float]], columns: Sequence[Tuple[str, str, Callable]],
+                missing: str = "n/a") -> None:
     print(f"\n{title}")
     header = "| quantity | " + " | ".join(MODEL_NAMES) + " | straightforward / baseline | lean / baseline " \
                                                          "| lean / straightforward |"
@@ -300,9 +307,82 @@ def print_table(title: str, rows: Dict[str, Dict[str, float]], columns: Sequence
     print("|" + "---|" * (header.count("|") - 1))
     for key, label, fmt in columns:
         values = rows[key]
-        cells = [fmt(values[name]) for name in MODEL_NAMES]
-        print(f"| {label} | " + " | ".join(cells) + f" | {ratio(values['straightforward'], values['baseline'])}"
-              f" | {ratio(values['lean'], values['baseline'])} | {ratio(values['lean'], values['straightforward'])} |")
+        cells = [fmt(values[name]) if values.get(name) is not None else missing for name in MODEL_NAMES]
+        print(f"| {label} | " + " | ".join(cells) + f" | {ratio(values.get('straightforward'), values.get('baseline'))}"
+              f" | {ratio(values.get('lean'), values.get('baseline'))} "
+              f"| {ratio(values.get('lean'), values.get('straightforward'))} |")
+
+
+def add_cuda_memory_rows(rows: Dict[str, Dict[str, float]], columns: list, steps: Dict[str, TrainingStep]) -> None:
+    peaks = {name: peak_cuda_step_bytes(step) for name, step in steps.items()}
+    rows["peak"] = {name: p[0] for name, p in peaks.items()}
+    rows["static"] = {name: p[1] for name, p in peaks.items()}
+    rows["max_memory_allocated"] = {name: p[2] for name, p in peaks.items()}
+    columns += [("peak", "peak CUDA memory of a step above what was allocated before it", human_bytes),
+                ("static", "parameters + SGD momentum (CUDA)", human_bytes),
+                ("max_memory_allocated", "torch.cuda.max_memory_allocated in the step (all three networks "
+                                         "resident)", human_bytes)]
+
+
+def add_time_rows(rows: Dict[str, Dict[str, float]], columns: list, times: Dict[str, List[float]],
+                  repeats: int) -> None:
+    rows["time"] = {name: statistics.median(t) for name, t in times.items()}
+    rows["time_min"] = {name: min(t) for name, t in times.items()}
+    columns += [("time", f"median training step ({repeats} interleaved repetitions)", lambda v: f"{v:.3f} s"),
+                ("time_min", "fastest training step", lambda v: f"{v:.3f} s")]
+
+
+def paired_ratios(times: Dict[str, List[float]]) -> Dict[str, float]:
+    """Median over repetitions of the time ratio within a repetition (each repetition runs the three networks back
+    to back, so the ratio within one is the least affected by load that changes over the run)."""
+    paired = {}
+    for numerator, denominator in (("straightforward", "baseline"), ("lean", "baseline"), ("lean", "straightforward")):
+        if times.get(numerator) and times.get(denominator):
+            paired[f"{numerator}/{denominator}"] = statistics.median(
+                a / b for a, b in zip(times[numerator], times[denominator]))
+    if paired:
+        print("\nmedian of per-repetition time ratios: " + ", ".join(f"{k} {v:.3f}" for k, v in paired.items()))
+    return paired
+
+
+def measure_compiled(networks: Dict[str, nn.Module], data: torch.Tensor, targets: List[torch.Tensor], loss: nn.Module,
+                     autocast: bool, args: argparse.Namespace, synchronize: Callable[[], None], on_cuda: bool,
+                     label: str) -> dict:
+    """Step time and peak memory of the networks under ``torch.compile``; the first step (which compiles) is timed
+    on its own. A network that fails to compile is recorded with its error."""
+    torch._dynamo.reset()
+    steps: Dict[str, TrainingStep] = {}
+    result: dict = {"first_step_s": {}, "errors": {}}
+    for name, net in networks.items():
+        step = TrainingStep(torch.compile(net, backend=args.compile_backend), data, targets, loss, autocast)
+        try:
+            synchronize()
+            start = time.perf_counter()
+            step()
+            synchronize()
+            result["first_step_s"][name] = time.perf_counter() - start
+            steps[name] = step
+        except Exception as error:  # report it and go on: a failure to compile is a finding
+            result["errors"][name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            print(f"  {name}: torch.compile failed: {result['errors'][name]}", file=sys.stderr)
+    rows: Dict[str, Dict[str, float]] = {"first_step_s": result["first_step_s"]}
+    columns = [("first_step_s", "first step (compilation included)", lambda v: f"{v:.1f} s")]
+    if on_cuda and steps:
+        add_cuda_memory_rows(rows, columns, steps)
+    times = {}
+    if not args.no_timing and steps:
+        print(f"\ntiming {label}: {args.warmup} warm-up + {args.repeats} interleaved repetitions", file=sys.stderr)
+        times = interleaved_step_times(steps, args.repeats, args.warmup, synchronize)
+        add_time_rows(rows, columns, times, args.repeats)
+    missing = "failed" if result["errors"] else "n/a"
+    print_table(f"## {label}", {k: {n: v.get(n) for n in MODEL_NAMES} for k, v in rows.items()}, columns,
+                missing=missing)
+    for key, value in rows.items():
+        result[key] = value
+    if times:
+        result["step_times_s"] = {n: [round(x, 4) for x in t] for n, t in times.items()}
+        result["median_per_repetition_time_ratio"] = paired_ratios(times)
+    return result
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -327,6 +407,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--num-classes", type=int, default=BTCV_CLASSES,
                         help=f"output channels incl. background (default {BTCV_CLASSES}, BTCV)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compile", action="store_true",
+                        help="run the networks under torch.compile, as nnU-Net trains on CUDA (time and memory only)")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend (default inductor, nnU-Net's; aot_eager compiles fast, for smoke "
+                             "runs)")
     parser.add_argument("--json", default=None, help="also write all figures to this JSON file")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
@@ -387,11 +472,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("The saved-activation and FLOP ratios do not depend on the input size (they scale with the voxels).")
 
     results: dict = {"machine": machine_description(device), "batch": batch, "patch": list(patch),
-                     "device": str(device), "precisions": {}}
+                     "device": str(device), "compile": args.compile_backend if args.compile else None,
+                     "precisions": {}}
     params = {name: count_parameters(net) for name, net in networks.items()}
     results["parameters"] = params
     for precision in precisions:
         autocast = precision == "autocast"
+        label = precision if precision == "fp32" else ("autocast bf16" if not on_cuda else "autocast fp16")
+        if args.compile:
+            label += f" + torch.compile ({args.compile_backend})"
+            results["precisions"][precision] = measure_compiled(networks, data, targets, loss, autocast, args,
+                                                                synchronize, on_cuda, label)
+            continue
         steps = {name: TrainingStep(net, data, targets, loss, autocast) for name, net in networks.items()}
         rows: Dict[str, Dict[str, float]] = {"parameters": params}
         rows["flops"] = {name: count_flops(step) for name, step in steps.items()}
@@ -405,36 +497,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             columns.append(("saved_parameter_copies", "+ low-precision parameter copies saved (autocast)",
                             human_bytes))
         if on_cuda:
-            peaks = {name: peak_cuda_step_bytes(step) for name, step in steps.items()}
-            rows["peak"] = {name: p[0] for name, p in peaks.items()}
-            rows["static"] = {name: p[1] for name, p in peaks.items()}
-            columns += [("peak", "peak CUDA memory of a step above what was allocated before it", human_bytes),
-                        ("static", "parameters + SGD momentum (CUDA)", human_bytes)]
+            add_cuda_memory_rows(rows, columns, steps)
         if not args.no_timing:
             print(f"\ntiming {precision}: {args.warmup} warm-up + {args.repeats} interleaved repetitions",
                   file=sys.stderr)
             times = interleaved_step_times(steps, args.repeats, args.warmup, synchronize)
-            rows["time"] = {name: statistics.median(t) for name, t in times.items()}
-            rows["time_min"] = {name: min(t) for name, t in times.items()}
-            columns += [("time", f"median training step ({args.repeats} interleaved repetitions)",
-                         lambda v: f"{v:.3f} s"),
-                        ("time_min", "fastest training step", lambda v: f"{v:.3f} s")]
-            rows_times = {name: [round(x, 4) for x in t] for name, t in times.items()}
-        label = precision if precision == "fp32" else ("autocast bf16" if not on_cuda else "autocast fp16")
+            add_time_rows(rows, columns, times, args.repeats)
         print_table(f"## {label}", rows, columns)
-        paired = {}
-        if not args.no_timing:
-            # each repetition runs the three networks back to back, so the ratio within one repetition
-            # is the least affected by load that changes over the run
-            for numerator, denominator in (("straightforward", "baseline"), ("lean", "baseline"),
-                                           ("lean", "straightforward")):
-                per_rep = [a / b for a, b in zip(times[numerator], times[denominator])]
-                paired[f"{numerator}/{denominator}"] = statistics.median(per_rep)
-            print("\nmedian of per-repetition time ratios: " +
-                  ", ".join(f"{key} {value:.3f}" for key, value in paired.items()))
         results["precisions"][precision] = {k: v for k, v in rows.items()}
         if not args.no_timing:
-            results["precisions"][precision]["step_times_s"] = rows_times
+            paired = paired_ratios(times)
+            results["precisions"][precision]["step_times_s"] = {n: [round(x, 4) for x in t] for n, t in times.items()}
             results["precisions"][precision]["median_per_repetition_time_ratio"] = paired
         print(f"\nissue 8 targets ({label}): saved lean/baseline <= 1.10: "
               f"{rows['saved']['lean'] / rows['saved']['baseline']:.3f}", end="")

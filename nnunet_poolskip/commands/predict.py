@@ -6,7 +6,8 @@ import sys
 
 NAME = "predict"
 HELP = ("predict with a fold ensemble that averages SOFTMAX probabilities (nnUNetv2_predict averages logits); "
-        "nnU-Net's predictor does sliding window, mirroring and resampling for each fold")
+        "nnU-Net's predictor does sliding window and mirroring for each fold, whose logits are resampled on the "
+        "prediction device exactly as nnU-Net resamples them")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,8 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-probabilities", "--save_probabilities", action="store_true",
                         help="also write CASE.npz (key 'probabilities': classes first, original geometry) and "
                              "CASE.pkl, as nnU-Net does")
-    parser.add_argument("--device", "-device", choices=("cuda", "cpu", "mps"), default="cuda",
-                        help="device (default cuda)")
+    parser.add_argument("--device", "-device", choices=("auto", "cuda", "cpu", "mps"), default="auto",
+                        help="device for prediction, resampling and softmax (default auto: cuda when torch sees a "
+                             "GPU, else cpu)")
+    parser.add_argument("--average", choices=("exact", "resample-once"), default="exact",
+                        help="exact (default): the mean of the folds' probabilities at the original geometry, equal "
+                             "to the mean of nnUNetv2_predict's per-fold probabilities; resample-once: the mean of the "
+                             "folds' softmax on the preprocessed grid, resampled once (nnU-Net's export cost, close "
+                             "but not equal numbers)")
     parser.add_argument("--continue", "--continue_prediction", dest="continue_prediction", action="store_true",
                         help="skip cases whose outputs already exist (resume an interrupted run)")
     parser.add_argument("--disable-tta", "--disable_tta", action="store_true",
@@ -35,15 +42,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="nnU-Net's verbose output")
 
 
-def _check_device(device: str) -> None:
+def _resolve_device(device: str) -> str:
+    """``auto`` -> cuda when torch sees a GPU, else cpu; an explicit device that is not there is an error."""
     import torch
 
     from nnunet_poolskip.inference.softmax_ensemble import PredictionInputError
 
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise PredictionInputError("--device cuda requested but torch sees no CUDA GPU; use --device cpu")
     if device == "mps" and not torch.backends.mps.is_available():
         raise PredictionInputError("--device mps requested but MPS is not available")
+    return device
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,9 +63,9 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from nnunet_poolskip.inference.softmax_ensemble import (PredictionInputError, SoftmaxFoldEnsemble, case_outputs,
-                                                            check_case_images, check_model_folder, group_case_files,
-                                                            parse_folds)
+    from nnunet_poolskip.inference.softmax_ensemble import (AVERAGES, PredictionInputError, SoftmaxFoldEnsemble,
+                                                            case_outputs, check_case_images, check_model_folder,
+                                                            group_case_files, parse_folds)
     from nnunet_poolskip.utilities.atomic import write_json_atomic
 
     prefix = "nnunet-poolskip predict: error:"
@@ -78,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         cases = group_case_files(Path(args.input), file_ending, n_channels)
         for case, files in cases.items():
             check_case_images(case, files, file_ending)
-        _check_device(args.device)
+        device = _resolve_device(args.device)
         from nnunet_poolskip.training.discovery import find_trainer_class
 
         find_trainer_class(args.trainer)  # nnU-Net looks the class up by name: fail early with the env hint
@@ -88,18 +99,14 @@ def run(args: argparse.Namespace) -> int:
 
     output = Path(args.output)
     settings = {"model_folder": str(model_folder), "folds": folds, "checkpoint": args.checkpoint,
-                "ensemble": "mean of softmax probabilities", "use_mirroring": not args.disable_tta,
+                "ensemble": AVERAGES[args.average], "use_mirroring": not args.disable_tta,
                 "tile_step_size": args.step_size}
     recorded_file = output / "predict_args.json"
-    if args.continue_prediction and recorded_file.is_file():
-        recorded = json.loads(recorded_file.read_text())
-        changed = [k for k in settings if recorded.get(k) != settings[k]]
-        if changed:  # resuming with other settings would mix two different ensembles in one folder
-            print(f"{prefix} --continue: {output} was predicted with other settings ("
-                  + ", ".join(f"{k}: {recorded.get(k)!r} then, {settings[k]!r} now" for k in changed)
-                  + "); use a new output folder or drop --continue", file=sys.stderr)
+    if args.continue_prediction:
+        problem = _continue_problem(output, recorded_file, settings, cases, file_ending)
+        if problem:
+            print(f"{prefix} --continue: {problem}", file=sys.stderr)
             return 2
-    output.mkdir(parents=True, exist_ok=True)
     todo = {case: files for case, files in cases.items()
             if not (args.continue_prediction
                     and all(p.is_file() for p in case_outputs(output, case, file_ending, args.save_probabilities)))}
@@ -108,13 +115,18 @@ def run(args: argparse.Namespace) -> int:
     if not todo:
         return 0
 
-    ensemble = SoftmaxFoldEnsemble(model_folder, folds, args.checkpoint, device=args.device,
-                                   use_mirroring=not args.disable_tta, tile_step_size=args.step_size,
-                                   verbose=args.verbose)
+    try:  # loads every fold's checkpoint: a broken one is named here, before anything is written
+        ensemble = SoftmaxFoldEnsemble(model_folder, folds, args.checkpoint, device=device,
+                                       use_mirroring=not args.disable_tta, tile_step_size=args.step_size,
+                                       average=args.average, verbose=args.verbose)
+    except PredictionInputError as error:
+        print(f"{prefix} {error}", file=sys.stderr)
+        return 2
+    output.mkdir(parents=True, exist_ok=True)
     # What nnU-Net's own predict leaves beside its outputs, so that the folder can be evaluated or ensembled.
     write_json_atomic(ensemble.dataset_json, output / "dataset.json")
     write_json_atomic(ensemble.predictor.plans_manager.plans, output / "plans.json")
-    write_json_atomic({**settings, "device": args.device}, recorded_file)
+    write_json_atomic({**settings, "device": device}, recorded_file)
     case_bar = tqdm(todo.items(), desc="cases", unit="case", position=0)
     for case, files in case_bar:
         case_bar.set_postfix_str(case)
@@ -122,5 +134,26 @@ def run(args: argparse.Namespace) -> int:
             probabilities, properties = ensemble.predict_probabilities(files, progress=lambda fold: fold_bar.update())
         ensemble.write_case(output, case, probabilities, properties, args.save_probabilities)
         del probabilities
-    print(f"wrote {len(todo)} case(s) to {output} (softmax mean of folds {', '.join(map(str, folds))})")
+    print(f"wrote {len(todo)} case(s) to {output} ({AVERAGES[args.average]} of folds {', '.join(map(str, folds))})")
     return 0
+
+
+def _continue_problem(output, recorded_file, settings: dict, cases: dict, file_ending: str) -> str:
+    """Why ``--continue`` must not reuse what ``output`` holds, or "" when it may."""
+    import json
+
+    if recorded_file.is_file():
+        recorded = json.loads(recorded_file.read_text())
+        changed = [k for k in settings if recorded.get(k) != settings[k]]
+        if changed:  # resuming with other settings would mix two different ensembles in one folder
+            return (f"{output} was predicted with other settings ("
+                    + ", ".join(f"{k}: {recorded.get(k)!r} then, {settings[k]!r} now" for k in changed)
+                    + "); use a new output folder or drop --continue")
+        return ""
+    foreign = sorted(case for case in cases if (output / f"{case}{file_ending}").is_file())
+    if foreign:  # e.g. single-fold nnUNetv2_predict outputs: same names, other predictions
+        shown = ", ".join(f"{case}{file_ending}" for case in foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        return (f"{output} holds predictions ({shown}) but no predict_args.json, so they were not written by "
+                f"nnunet-poolskip predict (nnUNetv2_predict writes the same names) and cannot be counted as done; "
+                f"use a new output folder, or drop --continue to predict every case again")
+    return ""

@@ -1,12 +1,18 @@
 """Fold ensembles that average SOFTMAX probabilities (the paper's protocol), built on nnU-Net's own predictor.
 
-``nnUNetv2_predict -f 0 1 2 3 4`` averages the folds' LOGITS; ``nnUNetv2_ensemble`` averages probabilities but
-needs every fold's full probability maps on disk. Here each case is preprocessed once by nnU-Net's
-preprocessor, then for each fold nnU-Net's ``nnUNetPredictor`` predicts logits (sliding window, Gaussian
-weighting, mirroring) and ``convert_predicted_logits_to_segmentation_with_correct_shape`` resamples them to
-the original geometry and applies the softmax. One running sum per case holds the probabilities, so memory
-is bounded by two probability maps whatever the number of folds. The label map is the argmax of the mean,
-written with the dataset's own image writer.
+``nnUNetv2_predict -f 0 1 2 3 4`` averages the folds' LOGITS on the preprocessed grid and resamples once;
+``nnUNetv2_ensemble`` averages probabilities but needs every fold's full probability maps on disk. Here each case is
+preprocessed once by nnU-Net's preprocessor; for each fold nnU-Net's ``nnUNetPredictor`` predicts logits (sliding
+window, Gaussian weighting, mirroring), which are resampled to the original geometry exactly as nnU-Net's export
+resamples them, turned into probabilities by nnU-Net's label manager and added to one running sum. The label map is
+the argmax of the mean, written with the dataset's own image writer.
+
+The default (``average="exact"``) equals the mean of the per-fold probabilities that ``nnUNetv2_predict
+--save_probabilities`` writes. It resamples once per fold, so it keeps that work cheap: where the plans use nnU-Net's
+default probability resampling (all plans nnU-Net's planners write), it runs on the prediction device with the
+bit-exact torch replica of :mod:`nnunet_poolskip.inference.resampling`; otherwise with the plans' own function.
+``average="resample-once"`` (opt-in) averages the folds' softmax on the preprocessed grid and resamples the mean once,
+at nnU-Net's own cost; resampling and softmax do not commute, so it gives other (close) numbers.
 
 Outputs per case (names as nnU-Net's): ``<case><file_ending>`` and, on request, ``<case>.npz`` (key
 ``probabilities``, classes first, original geometry, float32) with ``<case>.pkl`` (nnU-Net's properties).
@@ -15,16 +21,25 @@ exists (and its .npz/.pkl when requested) is complete.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
+import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Sequence, Union
 
 import numpy as np
 
+from nnunet_poolskip.utilities.atomic import temporary_sibling
 from nnunet_poolskip.utilities.geometry import SITK_ENDINGS, ImageHeaderError, geometry_mismatch, read_geometry
 
 CHECKPOINT_FINAL = "checkpoint_final.pth"
+#: What nnU-Net's predictor reads from a checkpoint.
+CHECKPOINT_KEYS = ("network_weights", "trainer_name", "init_args")
+#: How the folds are averaged: ``predict --average``.
+EXACT, RESAMPLE_ONCE = "exact", "resample-once"
+AVERAGES = {EXACT: "mean of softmax probabilities",
+            RESAMPLE_ONCE: "mean of softmax probabilities on the preprocessed grid, resampled once"}
 Fold = Union[int, str]
 
 
@@ -134,9 +149,28 @@ def case_outputs(output_folder: Path, case: str, file_ending: str, save_probabil
     return files
 
 
-def _temporary(path: Path) -> Path:
-    # Keep the real ending: the image writers choose the format from it.
-    return path.with_name(f".tmp{os.getpid()}_{path.name}")
+def check_checkpoints(model_folder: Path, folds: Sequence[Fold], checkpoint_name: str = CHECKPOINT_FINAL) -> None:
+    """Load every fold's checkpoint and check that it holds what nnU-Net's predictor reads.
+
+    Called when nnU-Net's own loading failed, to say which file it was (nnU-Net's traceback names none).
+
+    Raises:
+        PredictionInputError: naming the fold and the file that cannot be read, and why.
+    """
+    import torch
+
+    for fold in folds:
+        path = model_folder / f"fold_{fold}" / checkpoint_name
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as error:  # truncated or corrupt: zip, pickle or tensor storage errors of every kind
+            raise PredictionInputError(
+                f"fold {fold}: checkpoint {path} cannot be read ({type(error).__name__}: {error}); it is truncated "
+                f"or corrupt: copy it again or retrain that fold") from None
+        missing = [key for key in CHECKPOINT_KEYS if not isinstance(checkpoint, dict) or key not in checkpoint]
+        if missing:
+            raise PredictionInputError(f"fold {fold}: checkpoint {path} lacks {', '.join(missing)} "
+                                       f"(not a checkpoint written by nnU-Net's trainer)")
 
 
 class SoftmaxFoldEnsemble:
@@ -148,28 +182,51 @@ class SoftmaxFoldEnsemble:
 
     def __init__(self, model_folder: Union[str, os.PathLike], folds: Sequence[Fold],
                  checkpoint_name: str = CHECKPOINT_FINAL, device: str = "cuda", use_mirroring: bool = True,
-                 tile_step_size: float = 0.5, verbose: bool = False):
+                 tile_step_size: float = 0.5, average: str = EXACT, verbose: bool = False):
         """
         Args:
             model_folder: ``nnUNet_results/DatasetXXX/Trainer__Plans__configuration``.
             folds: folds to ensemble (ints or ``all``).
             checkpoint_name: checkpoint file inside each ``fold_X``.
-            device: ``cuda``, ``cpu`` or ``mps``.
+            device: ``cuda``, ``cpu`` or ``mps``: prediction, resampling and softmax run there (resampling and
+                softmax on the CPU for ``mps``, which has no float64).
             use_mirroring: test-time mirroring along the axes the trainer allowed.
             tile_step_size: sliding-window step as a fraction of the patch size (nnU-Net's default 0.5).
+            average: ``exact`` (default): the mean of the folds' probabilities at the original geometry, equal to the
+                mean of what ``nnUNetv2_predict --save_probabilities`` gives per fold. ``resample-once``: the mean of
+                the folds' softmax on the preprocessed grid, resampled once (nnU-Net's cost; not the same numbers).
             verbose: nnU-Net's verbose output.
+        Raises:
+            PredictionInputError: a fold's checkpoint cannot be read (naming fold and file), or ``average`` unknown.
         """
         import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+        from nnunet_poolskip.inference.resampling import torch_resampling_for
+
+        if average not in AVERAGES:
+            raise PredictionInputError(f"average must be one of {', '.join(AVERAGES)}, got {average!r}")
         self.folds = list(folds)
+        self.average = average
+        self.device = torch.device(device)
+        # Resampling and softmax run where the logits are predicted; MPS has no float64, so there on the CPU.
+        self.export_device = self.device if self.device.type in ("cpu", "cuda") else torch.device("cpu")
         self.predictor = nnUNetPredictor(tile_step_size=tile_step_size, use_gaussian=True,
                                          use_mirroring=use_mirroring, perform_everything_on_device=True,
-                                         device=torch.device(device), verbose=verbose,
+                                         device=self.device, verbose=verbose,
                                          verbose_preprocessing=verbose, allow_tqdm=False)
-        self.predictor.initialize_from_trained_model_folder(str(model_folder), self.folds, checkpoint_name)
+        try:
+            self.predictor.initialize_from_trained_model_folder(str(model_folder), self.folds, checkpoint_name)
+        except Exception:
+            check_checkpoints(Path(model_folder), self.folds, checkpoint_name)  # names the broken file
+            raise
         self.fold_parameters = list(self.predictor.list_of_parameters)
         self.preprocessor = self.predictor.configuration_manager.preprocessor_class(verbose=verbose)
+        configuration_manager = self.predictor.configuration_manager
+        # nnU-Net's resampling on the prediction device where this package reproduces the plans' function exactly;
+        # the plans' own function (NumPy, on the CPU) otherwise.
+        self.device_resampling = torch_resampling_for(configuration_manager.configuration)
+        self.plans_resampling = configuration_manager.resampling_fn_probabilities
 
     @property
     def dataset_json(self) -> dict:
@@ -185,7 +242,6 @@ class SoftmaxFoldEnsemble:
             (probabilities float32 array (classes, *original image array shape), nnU-Net's properties dict).
         """
         import torch
-        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
         predictor = self.predictor
         if predictor.configuration_manager.previous_stage_name is not None:
@@ -194,26 +250,49 @@ class SoftmaxFoldEnsemble:
                                                          predictor.plans_manager, predictor.configuration_manager,
                                                          predictor.dataset_json)
         data = torch.from_numpy(data)
-        total: Optional[np.ndarray] = None
+        grid = _ExportGrid(predictor.plans_manager, predictor.configuration_manager, properties)
+        total = _RunningSum(self.export_device)
         try:
             for fold, parameters in zip(self.folds, self.fold_parameters):
                 predictor.list_of_parameters = [parameters]
-                logits = predictor.predict_logits_from_preprocessed_data(data).cpu()
-                _, probabilities = convert_predicted_logits_to_segmentation_with_correct_shape(
-                    logits, predictor.plans_manager, predictor.configuration_manager, predictor.label_manager,
-                    properties, return_probabilities=True)
-                del logits
-                if total is None:
-                    total = probabilities.astype(np.float32, copy=False)
+                logits = predictor.predict_logits_from_preprocessed_data(data)  # float16, on the CPU
+                if self.average == EXACT:
+                    total.add(functools.partial(self._resample, logits, grid), self._nonlinearity)
                 else:
-                    total += probabilities
-                del probabilities
+                    total.add(logits.to, self._nonlinearity)
                 if progress is not None:
                     progress(fold)
         finally:
             predictor.list_of_parameters = self.fold_parameters
-        total /= len(self.folds)
-        return total, properties
+        mean = total.mean(len(self.folds))
+        if self.average == RESAMPLE_ONCE:
+            mean = total.run(lambda device: self._resample(mean.to(device), grid, device))
+        return self._to_original_geometry(mean, properties), properties
+
+    def _nonlinearity(self, values):
+        """nnU-Net's inference nonlinearity (softmax over classes, or sigmoid for region-based models), through its
+        label manager as its export applies it, so that the probabilities are computed by the same kernel."""
+        return self.predictor.label_manager.apply_inference_nonlin(values)
+
+    def _resample(self, values, grid: "_ExportGrid", device):
+        """nnU-Net's resampling of ``values`` (classes first) to the cropped original grid, as a float32 tensor on
+        ``device``: on the device where the plans' function has a replica, with the plans' function otherwise.
+        Float16 logits come back rounded to float16 as nnU-Net rounds them."""
+        import torch
+
+        if self.device_resampling is not None:
+            return self.device_resampling(values.to(device), grid.shape, grid.current_spacing, grid.new_spacing,
+                                          output_dtype=torch.float32)
+        resampled = self.plans_resampling(values.cpu(), grid.shape, grid.current_spacing, grid.new_spacing)
+        return torch.as_tensor(resampled).to(device=device, dtype=torch.float32)
+
+    def _to_original_geometry(self, mean, properties: dict) -> np.ndarray:
+        """Revert nnU-Net's cropping (background 1 outside the box) and its axis transpose, as its export does."""
+        label_manager, plans_manager = self.predictor.label_manager, self.predictor.plans_manager
+        probabilities = label_manager.revert_cropping_on_probabilities(
+            mean.cpu(), properties["bbox_used_for_cropping"], properties["shape_before_cropping"])
+        probabilities = probabilities.numpy()
+        return probabilities.transpose([0] + [i + 1 for i in plans_manager.transpose_backward])
 
     def segmentation(self, probabilities: np.ndarray) -> np.ndarray:
         """Label map (argmax, or nnU-Net's region rule for region-based models) of averaged probabilities."""
@@ -234,13 +313,13 @@ class SoftmaxFoldEnsemble:
         try:
             if save_probabilities:
                 npz_file, pkl_file = probability_files
-                temporaries += [_temporary(npz_file), _temporary(pkl_file)]
+                temporaries += [temporary_sibling(npz_file), temporary_sibling(pkl_file)]
                 with open(temporaries[0], "wb") as handle:  # a file object: numpy appends no second .npz
                     np.savez_compressed(handle, probabilities=probabilities)
                 save_pickle(properties, str(temporaries[1]))
                 os.replace(temporaries[0], npz_file)
                 os.replace(temporaries[1], pkl_file)
-            temporaries.append(_temporary(label_file))
+            temporaries.append(temporary_sibling(label_file))
             self.predictor.plans_manager.image_reader_writer_class().write_seg(segmentation, str(temporaries[-1]),
                                                                                 properties)
             os.replace(temporaries[-1], label_file)
@@ -248,3 +327,53 @@ class SoftmaxFoldEnsemble:
             for path in temporaries:
                 if path.exists():
                     path.unlink()
+
+
+class _ExportGrid:
+    """Where nnU-Net's export resamples a case's prediction to: the cropped original grid, in the transposed axis
+    order, and the two spacings that decide how (as ``convert_predicted_logits_to_segmentation_with_correct_shape``
+    computes them)."""
+
+    def __init__(self, plans_manager, configuration_manager, properties: dict):
+        self.shape = [int(s) for s in properties["shape_after_cropping_and_before_resampling"]]
+        self.new_spacing = [properties["spacing"][i] for i in plans_manager.transpose_forward]
+        spacing = list(configuration_manager.spacing)
+        self.current_spacing = spacing if len(spacing) == len(self.shape) else [self.new_spacing[0], *spacing]
+
+
+class _RunningSum:
+    """Sum of the folds' probabilities on the prediction device, moved to the CPU if the device runs out of memory."""
+
+    def __init__(self, device):
+        self.device = device
+        self.total = None
+
+    def run(self, work: Callable):
+        """``work(device)``, retried on the CPU (for good, with the sum) if a CUDA device runs out of memory."""
+        import torch
+
+        try:
+            return work(self.device)
+        except torch.cuda.OutOfMemoryError:
+            if self.device.type != "cuda":
+                raise
+            torch.cuda.empty_cache()
+            print("out of GPU memory while resampling; continuing this case's export on the CPU", file=sys.stderr)
+            self.device = torch.device("cpu")
+            if self.total is not None:
+                self.total = self.total.cpu()
+            return work(self.device)
+
+    def add(self, values: Callable, nonlinearity: Callable) -> None:
+        """Add ``nonlinearity(values(device))``, both computed on the sum's device."""
+        self.run(lambda device: self._add(nonlinearity(values(device))))
+
+    def _add(self, probabilities) -> None:
+        if self.total is None:
+            self.total = probabilities
+        else:
+            self.total += probabilities.to(self.total.device)
+
+    def mean(self, count: int):
+        return self.total / count
+

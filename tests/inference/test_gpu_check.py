@@ -1,0 +1,60 @@
+"""``benchmarks/gpu_check.sh --tiny``: every stage of the GPU check runs end to end on the CPU and writes JSON and
+markdown with the figures the GPU run will fill in (the tiny figures themselves mean nothing)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+NETWORKS = ("baseline", "straightforward", "lean")
+
+
+@pytest.mark.integration
+def test_gpu_check_tiny_runs_every_stage_on_the_cpu(tmp_path):
+    out = tmp_path / "check"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet_", "NNUNET_POOLSKIP_"))}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--tiny", str(out)], env=env,
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads((out / "gpu_check.json").read_text())
+    assert results["tiny"] is True
+    stages = results["stages"]
+    assert set(stages) == {"overhead", "train", "ensemble", "overhead_compile"}
+    assert all(record["status"] == "ok" for record in stages.values()), {k: v["status"] for k, v in stages.items()}
+
+    overhead = stages["overhead"]["figures"]
+    assert set(overhead["precisions"]) == {"fp32", "autocast"}
+    for rows in overhead["precisions"].values():
+        for key in ("parameters", "flops", "saved", "time"):
+            assert set(rows[key]) == set(NETWORKS) and all(v > 0 for v in rows[key].values()), key
+    compiled = stages["overhead_compile"]["figures"]
+    assert compiled["compile"] == "eager"
+    rows = compiled["precisions"]["autocast"]
+    # every network either compiled and ran (a first-step time) or is reported with its error
+    assert set(rows["first_step_s"]) | set(rows["errors"]) == set(NETWORKS)
+    assert "baseline" in rows["first_step_s"] and rows["time"]["baseline"] > 0
+
+    train = stages["train"]
+    assert train["schedule"] == {"epochs": 1, "iterations": 1, "val_iterations": 1}
+    for trainer in ("nnUNetTrainerBaseline", "nnUNetTrainerPoolSkip"):
+        figures = train["runs"][trainer]["figures"]
+        assert figures["trainer"] == trainer and len(figures["epoch_seconds"]) == 1
+        assert figures["epoch_seconds"][0] > 0 and figures["peak_rss_mib"] > 0
+
+    ensemble = stages["ensemble"]["figures"]
+    assert set(ensemble["summary"]["median_ratios"]) >= {"a/b", "a/c"}
+    (case, agreement), = ensemble["agreement"].items()
+    assert agreement["max_abs_probability_difference_a_vs_mean_of_folds"] < 1e-4
+    assert agreement["label_voxels_differing_a_vs_nnUNetv2_ensemble"] == 0
+    for method in ("a", "b", "c"):
+        assert ensemble["summary"]["per_case"][case][method]["seconds_median"] > 0
+
+    markdown = (out / "gpu_check.md").read_text()
+    assert markdown.startswith("# GPU check (--tiny")
+    for heading in ("## overhead: ok", "## overhead_compile: ok", "## train: ok", "## ensemble: ok"):
+        assert heading in markdown
+    assert not (out / "work").exists()  # the work folder is removed unless --workdir is given
