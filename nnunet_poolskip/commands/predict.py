@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from nnunet_poolskip.inference.softmax_ensemble import (AVERAGES, PredictionInputError, SoftmaxFoldEnsemble,
                                                             case_outputs, check_case_images, check_model_folder,
                                                             group_case_files, parse_folds)
-    from nnunet_poolskip.utilities.atomic import write_json_atomic
+    from nnunet_poolskip.utilities.atomic import OutputPathError, check_output_path, write_json_atomic
 
     prefix = "nnunet-poolskip predict: error:"
     try:
@@ -86,14 +86,16 @@ def run(args: argparse.Namespace) -> int:
         dataset_json = json.loads((model_folder / "dataset.json").read_text())
         n_channels = len(dataset_json.get("channel_names", dataset_json.get("modality", {})))
         file_ending = dataset_json["file_ending"]
+        check_output_path(args.output, "-o/--output", folder=True)
         cases = group_case_files(Path(args.input), file_ending, n_channels)
-        for case, files in cases.items():
+        for case, files in tqdm(cases.items(), desc="checking input images", unit="case",
+                                disable=len(cases) < 2, leave=False):
             check_case_images(case, files, file_ending)
         device = _resolve_device(args.device)
         from nnunet_poolskip.training.discovery import find_trainer_class
 
         find_trainer_class(args.trainer)  # nnU-Net looks the class up by name: fail early with the env hint
-    except (PredictionInputError, RuntimeError) as error:
+    except (PredictionInputError, OutputPathError, RuntimeError) as error:
         print(f"{prefix} {error}", file=sys.stderr)
         return 2
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from nnunet_poolskip.utilities.atomic import temporary_sibling
 from nnunet_poolskip.utilities.geometry import SITK_ENDINGS, ImageHeaderError, geometry_mismatch, read_geometry
+from nnunet_poolskip.utilities.image_integrity import IncompleteImageError, check_image_file_complete
 
 CHECKPOINT_FINAL = "checkpoint_final.pth"
 #: What nnU-Net's predictor reads from a checkpoint.
@@ -118,7 +119,10 @@ def group_case_files(folder: Path, file_ending: str, n_channels: int) -> Dict[st
 
 
 def check_case_images(case: str, files: Sequence[Path], file_ending: str) -> None:
-    """Check that a case's images are readable (headers only) and that its channels share one geometry.
+    """Check that a case's images are readable and complete and that its channels share one geometry.
+
+    Complete: a compressed file is read as a whole stream (SimpleITK would read a truncated ``.nii.gz`` without
+    an error and predict on zeros; see :mod:`nnunet_poolskip.utilities.image_integrity`).
 
     Raises:
         PredictionInputError: naming the case and file.
@@ -133,7 +137,9 @@ def check_case_images(case: str, files: Sequence[Path], file_ending: str) -> Non
         return
     try:
         geometries = [read_geometry(path) for path in files]
-    except ImageHeaderError as error:
+        for path in files:
+            check_image_file_complete(path)
+    except (ImageHeaderError, IncompleteImageError) as error:
         raise PredictionInputError(f"case {case}: {error}") from None
     for path, geometry in zip(files[1:], geometries[1:]):
         problem = geometry_mismatch(geometries[0], geometry)

@@ -250,6 +250,24 @@ def test_unreadable_image_and_channel_geometry(fake_model, capsys):
     assert "case mr: channel mr_0001.nii.gz does not match mr_0000.nii.gz: shape differs" in err
 
 
+def test_truncated_input_image_is_refused_before_prediction(fake_model, capsys):
+    """SimpleITK reads a truncated .nii.gz as zeros without an error: predict must not segment those zeros."""
+    folder = _copy_case(fake_model, "toy_000", ["toy_000_0000.nii.gz", "toy_001_0000.nii.gz"])
+    target = folder / "toy_001_0000.nii.gz"
+    data = target.read_bytes()
+    target.write_bytes(data[:len(data) * 2 // 3])
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(target))).shape == (8, 10, 12)  # read without complaint
+    assert predict(fake_model, "-f", "0", images=folder) == 2
+    assert f"case toy_001: {target} is truncated" in capsys.readouterr().err
+    assert not fake_model["out"].exists()
+
+
+def test_output_blocked_by_a_file_is_refused_before_prediction(fake_model, capsys):
+    fake_model["out"].write_text("not a folder")
+    assert predict(fake_model, "-f", "0") == 2
+    assert f"-o/--output {fake_model['out']} is a file, not a folder" in capsys.readouterr().err
+
+
 def test_undiscoverable_trainer_gives_the_env_hint(fake_model, capsys, monkeypatch):
     monkeypatch.delenv("nnUNet_extTrainer")
     assert predict(fake_model, "-f", "0") == 2
