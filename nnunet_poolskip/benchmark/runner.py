@@ -118,6 +118,13 @@ class BenchmarkRunner:
         config, target = self.config, self.config.target
         if config.split_file is not None and not config.split_file.is_file():
             raise BenchmarkError(f"--split-file {config.split_file} does not exist")
+        if config.nsd_tolerances:  # a bad table would otherwise surface in the finish stage, after the training
+            from nnunet_poolskip.evaluation.nsd_tolerances import load_tolerance_table
+
+            try:
+                load_tolerance_table(config.nsd_tolerances)
+            except (ValueError, FileNotFoundError) as error:
+                raise BenchmarkError(f"--nsd-tolerances: {error}") from None
         converted = target.raw_folder(self.ws)
         if converted is not None and (converted / "dataset.json").is_file():
             self.preparation.check_existing_conversion(converted)  # before any stage relies on it

@@ -490,6 +490,7 @@ def test_slurm_array_has_one_task_per_model_fold_and_seed(tmp_path):
     (["--profile", "demo", "--dataset", "Dataset123_Missing"], "Dataset123_Missing not found in nnUNet_raw"),
     (["--profile", "demo", "--stage", "finish"], "not converted yet"),
     (["--profile", "demo", "--modality", "ct"], "--modality applies to --dataset amos only"),
+    (["--profile", "demo", "--nsd-tolerances", "flare23"], "--nsd-tolerances: "),
 ])
 def test_bad_arguments_fail_before_anything_is_written(tmp_path, capsys, args, message):
     out = tmp_path / "results"
