@@ -9,6 +9,11 @@ keep one class per architecture, every trainer of this project reads these varia
     NNUNET_POOLSKIP_VAL_ITERS   num_val_iterations_per_epoch   (default 50)
 
 Unset variables leave nnU-Net's defaults untouched.
+
+One more variable sets how a CPU training computes, not what it computes:
+
+    NNUNET_POOLSKIP_THREADS     torch's intra-op threads (``nnUNetv2_train -device cpu`` otherwise takes one
+                                per CPU), so that several trainings can share a machine one thread each
 """
 from __future__ import annotations
 
@@ -41,6 +46,23 @@ def schedule_overrides(environ: Optional[Mapping[str, str]] = None) -> Dict[str,
             raise ValueError(f"{variable} must be a positive integer, got {raw!r}")
         overrides[attribute] = value
     return overrides
+
+
+THREADS_VARIABLE = "NNUNET_POOLSKIP_THREADS"
+
+
+def torch_threads(environ: Optional[Mapping[str, str]] = None) -> Optional[int]:
+    """The thread count ``NNUNET_POOLSKIP_THREADS`` asks for (None when unset).
+
+    Raises ValueError naming the variable when the value is not a positive integer.
+    """
+    environ = os.environ if environ is None else environ
+    raw = environ.get(THREADS_VARIABLE, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{THREADS_VARIABLE} must be a positive integer, got {raw!r}")
+    return int(raw)
 
 
 def schedule_environment(epochs: int, iterations: int, val_iterations: int) -> Dict[str, str]:
