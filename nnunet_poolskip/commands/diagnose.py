@@ -35,9 +35,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a weight is near zero when |w| <= factor * rms(layer weights) (default 0.01)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where the networks run for the dead units (default: cuda if available)")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT",
+    parser.add_argument("-o", "--output", default=None, metavar="OUT",
                         help=f"output folder for {JSON_NAME}, {LAYERS_PNG} and, when training recorded a "
-                             f"history, {HISTORY_PNG}")
+                             f"history, {HISTORY_PNG} (default: diagnostics/<MODEL_FOLDER's name>_fold<F> in the "
+                             f"current folder)")
+
+
+def default_output(model_folder: str, fold: str):
+    """``diagnostics/<model folder name>_fold<fold>`` in the current folder (the default of ``-o``)."""
+    from pathlib import Path
+
+    return Path("diagnostics") / f"{Path(model_folder).resolve().name}_fold{fold}"
 
 
 def _labels_unique(reports) -> None:
@@ -64,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             raise DiagnoseInputError(f"--near-zero-factor must be >= 0, got {args.near_zero_factor}")
         if args.num_cases < 1 and not args.weights_only:
             raise DiagnoseInputError(f"--num-cases must be >= 1, got {args.num_cases}")
-        output = Path(args.output)
+        output = Path(args.output) if args.output else default_output(args.model_folder, args.fold)
         if output.exists() and not output.is_dir():
             raise DiagnoseInputError(f"output {output} exists and is not a folder")
         return _run(args, specs, output)
