@@ -11,6 +11,8 @@ import importlib
 import sys
 from typing import List, Optional
 
+from nnunet_poolskip import __version__
+
 COMMAND_MODULES = (
     "env",
     "derive_plans",
@@ -28,6 +30,7 @@ COMMAND_MODULES = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnunet-poolskip",
                                      description="Pool Skip for nnU-Net v2 (see README.md).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in COMMAND_MODULES:
         module = importlib.import_module(f"nnunet_poolskip.commands.{module_name}")

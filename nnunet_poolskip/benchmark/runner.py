@@ -101,7 +101,7 @@ class BenchmarkRunner:
         finally:
             if previous_handler is not None:
                 signal.signal(signal.SIGTERM, previous_handler)
-            lock.close()
+            self._unlock(lock)
 
     def _remove_tables(self) -> None:
         """Tables of an earlier invocation go before this one builds its own: a run that stops early must not
@@ -141,17 +141,41 @@ class BenchmarkRunner:
         if config.raw_source is not None and not config.raw_source.is_dir():
             raise BenchmarkError(f"--raw {config.raw_source} is not a folder")
 
-    def _lock(self):
-        import fcntl
+    def _lock_path(self):
+        return self.config.output / ".benchmark.lock"
 
-        handle = open(self.config.output / ".benchmark.lock", "w")
+    def _lock(self):
+        """Hold an exclusive lock on ``<output>/.benchmark.lock`` (BenchmarkError when another run holds it).
+
+        The file is removed when the run ends (:meth:`_unlock`); a lock won on a file that another run removed
+        meanwhile is not a lock, so the file must still be the one at the path once the lock is held.
+        """
+        import fcntl
+        import os
+
+        path = self._lock_path()
+        for _ in range(10):
+            handle = open(path, "a")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                raise BenchmarkError(f"another benchmark is running in {self.config.output} (lock {path} is "
+                                     f"held)") from None
+            try:
+                if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                    return handle
+            except FileNotFoundError:
+                pass
+            handle.close()  # removed by the run that held it just before: lock the new file instead
+        raise BenchmarkError(f"could not lock {path}: it keeps being replaced")
+
+    def _unlock(self, handle) -> None:
+        """Remove the lock file, then release the lock (a run killed with SIGKILL leaves it; harmless)."""
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+            self._lock_path().unlink(missing_ok=True)
+        finally:
             handle.close()
-            raise BenchmarkError(f"another benchmark is running in {self.config.output} (lock "
-                                 f"{self.config.output / '.benchmark.lock'} is held)") from None
-        return handle
 
     def _check_compatible(self) -> None:
         """A results folder belongs to one data set and one protocol; refuse to mix runs."""
@@ -206,6 +230,8 @@ class BenchmarkRunner:
             else (str(c.raw_source) if c.raw_source else "already converted")
         self.say(f"  data set: {c.target.label} (id {c.target.dataset_id}), from {data}")
         self.say(f"  output: {c.output}   nnU-Net folders: {self.ws.raw.parent if self.ws.raw.parent == self.ws.results.parent else self.ws.variables()}")
+        if not c.verbose:
+            self.say(f"  full logs: {c.output / 'logs'}/ (one file per step; --verbose shows them here instead)")
 
     def dry_run(self) -> None:
         """Print what a run would do now (steps to do, folds' states), and change nothing."""

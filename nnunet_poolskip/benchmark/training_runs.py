@@ -15,21 +15,19 @@ state falls back to the previous usable checkpoint (see set_aside_unreadable_che
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from nnunet_poolskip.benchmark.protocol import CONFIGURATION, Model
+from nnunet_poolskip.benchmark.training_log import read_epochs
 from nnunet_poolskip.benchmark.workspace import seed_folder_name
 
 FINAL_CHECKPOINT = "checkpoint_final.pth"
 RESUME_CHECKPOINTS = ("checkpoint_latest.pth", "checkpoint_best.pth")
 """The checkpoints ``nnUNetv2_train --c`` continues from, in the order nnU-Net tries them."""
 VALIDATION_SUMMARY = "validation/summary.json"
-TRAINING_LOG_GLOB = "training_log_*.txt"
-EPOCH_TIME = re.compile(r"Epoch time: ([0-9.]+) s")
 
 
 class FoldState(str, Enum):
@@ -189,16 +187,8 @@ class TrainingRun:
 
 def epoch_times(fold_folder: Path, newer_than: float = 0.0) -> List[float]:
     """Epoch durations (s) logged by nnU-Net in the newest training log of a fold modified after
-    ``newer_than`` (a time.time() value); empty when there is none yet."""
-    logs = [p for p in Path(fold_folder).glob(TRAINING_LOG_GLOB) if p.stat().st_mtime >= newer_than]
-    if not logs:
-        return []
-    newest = max(logs, key=lambda p: p.stat().st_mtime)
-    try:
-        text = newest.read_text(errors="replace")
-    except OSError:
-        return []
-    return [float(m) for m in EPOCH_TIME.findall(text)]
+    ``newer_than`` (a time.time() value); empty when there is none yet (see training_log.read_epochs)."""
+    return [record.seconds for record in read_epochs(fold_folder, newer_than)]
 
 
 def format_duration(seconds: Optional[float]) -> str:

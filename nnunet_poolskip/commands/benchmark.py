@@ -11,7 +11,25 @@ HELP = ("run the paper's Table 3 protocol (convert, plan+preprocess, train every
         "on synthetic phantoms; --emit slurm DIR writes cluster job scripts instead of running")
 
 
+def _defaults(field: str, unset: str = "nnU-Net's default") -> str:
+    """``paper: X; demo: Y`` for a profile field, as the profiles set it (help texts never drift from them)."""
+    from nnunet_poolskip.benchmark.profiles import PROFILES
+
+    def shown(value) -> str:
+        if value is None:
+            return unset
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        if isinstance(value, (tuple, list)):
+            return " ".join(map(str, value))
+        return str(value)
+
+    return "; ".join(f"{name}: {shown(getattr(profile, field))}" for name, profile in PROFILES.items())
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from nnunet_poolskip.dataset_conversion.phantoms import DEFAULT_SIZE
+
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="btcv",
                       help="btcv, amos (converted from --raw) or an nnU-Net data set already in nnUNet_raw "
@@ -26,33 +44,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     protocol = parser.add_argument_group("protocol (the profile's values unless given)")
     protocol.add_argument("--profile", required=True, choices=("paper", "demo"),
                           help="paper: nnU-Net defaults (1000 epochs, default plans, 5 folds, GPU); demo: smoke-scale "
-                               "CPU run on synthetic phantoms (minutes)")
+                               "CPU run on synthetic phantoms (minutes); the options below override single values")
     protocol.add_argument("--models", nargs="+", metavar="MODEL",
                           help="model names, comma- or space-separated (default nnunet,nnunet_poolskip,vnet,"
                                "vnet_poolskip); also nnunet_stock, nnunet_poolskip_s4, ablation_pool_skip, "
                                "ablation_conv_skip, ablation_pool_conv, vnet_poolskip_all, or a trainer class name")
-    protocol.add_argument("--folds", nargs="+", type=int, metavar="F", help="folds (paper: 0 1 2 3 4; demo: 0 1)")
+    protocol.add_argument("--folds", nargs="+", type=int, metavar="F", help=f"folds ({_defaults('folds')})")
     protocol.add_argument("--seeds", nargs="+", type=int, metavar="S",
                           help="train every model x fold once per seed (independent runs seeded with "
                                "NNUNET_POOLSKIP_SEED, each seed in nnUNet_results/seed_S); the table adds the spread "
                                "between seeds; default: one unseeded run, as nnU-Net")
-    protocol.add_argument("--device", choices=("cuda", "cpu"), help="paper: cuda; demo: cpu")
+    protocol.add_argument("--device", choices=("cuda", "cpu"), help=_defaults("device"))
     protocol.add_argument("--num-gpus", type=int,
                           help="GPUs per training run, passed to nnUNetv2_train -num_gpus (nnU-Net's DDP)")
-    protocol.add_argument("--epochs", type=int, help="training epochs (short schedule; paper: nnU-Net's 1000)")
-    protocol.add_argument("--iterations", type=int, help="training iterations per epoch (nnU-Net: 250)")
-    protocol.add_argument("--val-iterations", type=int, help="validation iterations per epoch (nnU-Net: 50)")
-    protocol.add_argument("--plans-preset", help="derive plans with this preset of plans/ (demo: cpu_small; "
-                                                 "'none' for nnU-Net's plans)")
-    protocol.add_argument("--cases", type=int, help="number of synthetic phantoms (demo: 30)")
-    protocol.add_argument("--seed", type=int, help="seed of the synthetic phantoms (default 0)")
+    protocol.add_argument("--epochs", type=int, help=f"training epochs ({_defaults('epochs', '1000, nnU-Net')})")
+    protocol.add_argument("--iterations", type=int, help=f"training iterations per epoch ({_defaults('iterations', '250, nnU-Net')})")
+    protocol.add_argument("--val-iterations", type=int, help=f"validation iterations per epoch ({_defaults('val_iterations', '50, nnU-Net')})")
+    protocol.add_argument("--plans-preset", help=f"derive plans with this preset of plans/ or a preset JSON file, 'none' for "
+                                                 f"nnU-Net's own plans ({_defaults('plans_preset', 'none')})")
+    protocol.add_argument("--cases", type=int, help=f"number of synthetic phantoms ({_defaults('synthetic_cases', 'none, --raw needed')})")
+    protocol.add_argument("--seed", type=int, help=f"seed of the synthetic phantoms ({_defaults('synth_seed')})")
     protocol.add_argument("--phantom-size", type=int, nargs=3, metavar=("Z", "Y", "X"),
-                          help="nominal voxel grid of the synthetic phantoms (default: synth's, 40 64 64)")
-    protocol.add_argument("--preprocess-processes", type=int, help="nnUNetv2_plan_and_preprocess -np")
+                          help=f"nominal voxel grid of the synthetic phantoms "
+                               f"({_defaults('synth_size', ' '.join(map(str, DEFAULT_SIZE)) + ', synth')})")
+    protocol.add_argument("--preprocess-processes", type=int, help=f"nnUNetv2_plan_and_preprocess -np and -npfp ({_defaults('preprocess_processes')})")
     tta = protocol.add_mutually_exclusive_group()
     tta.add_argument("--tta", dest="tta", action="store_true", default=None,
-                     help="mirrored test-time inference (paper profile's default)")
-    tta.add_argument("--no-tta", dest="tta", action="store_false", help="no test-time mirroring (demo's default)")
+                     help=f"mirrored test-time inference ({_defaults('test_time_mirroring')})")
+    tta.add_argument("--no-tta", dest="tta", action="store_false", help="no test-time mirroring")
     protocol.add_argument("--nsd-tolerances", help="evaluate --nsd-tolerances (default: 1 mm for every organ)")
 
     run = parser.add_argument_group("running")
@@ -62,6 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                     "<output>/nnunet)")
     run.add_argument("--stage", choices=("all", "prepare", "train", "finish"), default="all",
                      help="run one stage only (what the SLURM jobs do); default all")
+    run.add_argument("--parallel-trainings", type=int, metavar="N",
+                     help=f"CPU runs: train N folds at the same time, each with CPU count / N torch threads "
+                          f"({_defaults('parallel_trainings')})")
     run.add_argument("--keep-going", action="store_true",
                      help="after a failed training go on; the table then leaves the unfinished models out and "
                           "says INCOMPLETE")
@@ -94,6 +116,7 @@ def build_config(args: argparse.Namespace):
                      val_iterations=args.val_iterations, folds=args.folds, synthetic_cases=args.cases,
                      synth_seed=args.seed, synth_size=args.phantom_size, preprocess_processes=args.preprocess_processes,
                      test_time_mirroring=args.tta, num_gpus=args.num_gpus, seeds=args.seeds,
+                     parallel_trainings=args.parallel_trainings,
                      models=[m.name for m in models] if models else None)
     settings = resolve_settings(args.profile, **overrides)
     if plans_preset is not None:

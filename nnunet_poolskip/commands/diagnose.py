@@ -37,9 +37,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the networks run for the dead units (default: cuda if available)")
     parser.add_argument("--caveat", metavar="TEXT",
                         help="a line put atop every figure's title, e.g. that the models come from a smoke-scale run")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT",
+    parser.add_argument("-o", "--output", default=None, metavar="OUT",
                         help=f"output folder for {JSON_NAME}, {LAYERS_PNG} and, when training recorded a "
-                             f"history, {HISTORY_PNG}")
+                             f"history, {HISTORY_PNG} (default: diagnostics/<MODEL_FOLDER's name>_fold<F> in the "
+                             f"current folder)")
+
+
+def default_output(model_folder: str, fold: str):
+    """``diagnostics/<model folder name>_fold<fold>`` in the current folder (the default of ``-o``)."""
+    from pathlib import Path
+
+    return Path("diagnostics") / f"{Path(model_folder).resolve().name}_fold{fold}"
 
 
 def _labels_unique(reports) -> None:
@@ -60,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     from nnunet_poolskip.utilities.atomic import OutputPathError, check_output_path
 
     try:
-        output = check_output_path(args.output, "-o/--output", folder=True)
+        output = check_output_path(args.output or default_output(args.model_folder, args.fold), "-o/--output",
+                                   folder=True)
         specs = [resolve_model(folder, args.fold, args.checkpoint) for folder in [args.model_folder, *args.compare]]
         if args.data is not None and not Path(args.data).is_dir():
             raise DiagnoseInputError(f"--data folder {args.data} does not exist")

@@ -11,7 +11,8 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_poolskip.diagnostics.history import (DIAG_EVERY_VARIABLE, HISTORY_FILENAME, append_record,
                                                  diagnostics_every, should_record, truncate_history, weight_record)
-from nnunet_poolskip.training.schedule import SEED_VARIABLE, schedule_overrides, seed_from_environment
+from nnunet_poolskip.training.schedule import (SEED_VARIABLE, THREADS_VARIABLE, schedule_overrides,
+                                                seed_from_environment, torch_threads)
 
 
 class nnUNetTrainerBaseline(nnUNetTrainer):
@@ -22,7 +23,7 @@ class nnUNetTrainerBaseline(nnUNetTrainer):
     ``<fold folder>/diagnostics_history.jsonl`` every 50 epochs (see
     :mod:`nnunet_poolskip.diagnostics.history`; ``NNUNET_POOLSKIP_DIAG_EVERY=N`` changes N, 0 turns it
     off). It exists so that a baseline and its Pool Skip counterpart share every setting, including a
-    short schedule (see :mod:`nnunet_poolskip.training.schedule`), and so that the baseline's
+    short schedule and a thread count (see :mod:`nnunet_poolskip.training.schedule`), and so that the baseline's
     diagnostics can be compared layer by layer with the Pool Skip model's.
 
     With ``NNUNET_POOLSKIP_SEED=S`` set, the run is seeded (unset: not seeded, as nnU-Net): Python's ``random``,
@@ -44,6 +45,10 @@ class nnUNetTrainerBaseline(nnUNetTrainer):
             setattr(self, attribute, value)
         if overrides:
             self.print_to_log_file(f"nnunet-poolskip schedule from the environment: {overrides}")
+        threads = torch_threads()
+        if threads is not None:  # after nnUNetv2_train's own torch.set_num_threads(cpu count) for -device cpu
+            torch.set_num_threads(threads)
+            self.print_to_log_file(f"nnunet-poolskip: {threads} torch thread(s) ({THREADS_VARIABLE})")
         self.diagnostics_every = diagnostics_every()
         self.seed: Optional[int] = seed_from_environment()
         if self.seed is not None:

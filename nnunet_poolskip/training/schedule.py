@@ -15,6 +15,11 @@ One more variable, read by the same trainers at start-up, seeds the run (see :fu
     NNUNET_POOLSKIP_SEED        seeds Python's ``random``, NumPy's global generator and torch (CPU and CUDA)
 
 Unset, nothing is seeded: nnU-Net's own behaviour (it does not seed training on purpose).
+
+A last one sets how a CPU training computes, not what it computes:
+
+    NNUNET_POOLSKIP_THREADS     torch's intra-op threads (``nnUNetv2_train -device cpu`` otherwise takes one
+                                per CPU), so that several trainings can share a machine one thread each
 """
 from __future__ import annotations
 
@@ -42,6 +47,17 @@ def schedule_overrides(environ: Optional[Mapping[str, str]] = None) -> Dict[str,
     values = {attribute: integer_variable(variable, environ, minimum=1)
               for variable, attribute in SCHEDULE_VARIABLES.items()}
     return {attribute: value for attribute, value in values.items() if value is not None}
+
+
+THREADS_VARIABLE = "NNUNET_POOLSKIP_THREADS"
+
+
+def torch_threads(environ: Optional[Mapping[str, str]] = None) -> Optional[int]:
+    """The thread count ``NNUNET_POOLSKIP_THREADS`` asks for (None when unset).
+
+    Raises ValueError naming the variable when the value is not a positive integer.
+    """
+    return integer_variable(THREADS_VARIABLE, environ, minimum=1)
 
 
 def schedule_environment(epochs: int, iterations: int, val_iterations: int) -> Dict[str, str]:

@@ -24,7 +24,7 @@ from toydata import write_toy_dataset
 from nnunet_poolskip.benchmark.finish import Finish
 from nnunet_poolskip.benchmark.profiles import resolve_settings
 from nnunet_poolskip.benchmark.protocol import MODELS, PAPER_MODELS, parse_models, resolve_model
-from nnunet_poolskip.benchmark.training_runs import (EPOCH_TIME, FoldState, checkpoint_readable, epoch_times,
+from nnunet_poolskip.benchmark.training_runs import (FoldState, checkpoint_readable, epoch_times,
                                                      fold_state, planned_runs, set_aside_unreadable_checkpoints,
                                                      train_command)
 from nnunet_poolskip.benchmark.runinfo import RunRecord
@@ -86,6 +86,7 @@ def test_profiles_and_overrides():
     assert not paper.short_schedule and not paper.reduced_folds and not paper.overridden
     demo = resolve_settings("demo", epochs=2, folds=[0], num_gpus=None)
     assert demo.short_schedule and demo.reduced_folds and demo.smoke and demo.device == "cpu"
+    assert (demo.parallel_trainings, paper.parallel_trainings, demo.plans_preset) == (2, 1, "cpu_demo")
     assert demo.overridden == ["epochs", "folds"]
     assert demo.override_arguments() == ["--epochs", "2", "--folds", "0"]
     with pytest.raises(ValueError, match="--num-gpus > 1 .* --device cuda"):
@@ -226,7 +227,6 @@ def test_epoch_times_read_from_nnunet_log(tmp_path):
                    "2024-01-01 00:00:06.000000: Epoch 1\n2024-01-01 00:00:09.000000: Epoch time: 3.5 s\n")
     assert epoch_times(tmp_path) == [4.25, 3.5]
     assert epoch_times(tmp_path, newer_than=time.time() + 60) == []
-    assert EPOCH_TIME.search("Epoch time: 12 s").group(1) == "12"
 
 
 def test_step_environment_removes_leftover_schedule_and_sets_the_profiles(tmp_path):
@@ -411,14 +411,14 @@ def fake_train(folder: Path, tmp_path: Path, record: str) -> Path:
 
 def test_slurm_train_task_skips_done_folds_and_resumes_interrupted_ones(tmp_path):
     folder = emit(tmp_path, "--profile", "demo", "--models", "nnunet,nnunet_poolskip", "--folds", "0", "1",
-                  "--epochs", "2")
+                  "--epochs", "2", "--iterations", "10", "--plans-preset", "cpu_small")
     train = (folder / "train.sbatch").read_text()
     tasks = array_tasks(train)
     assert [(m, t, f) for _, m, t, f in tasks] == [
         ("nnunet", "nnUNetTrainerBaseline", "0"), ("nnunet", "nnUNetTrainerBaseline", "1"),
         ("nnunet_poolskip", "nnUNetTrainerPoolSkip", "0"), ("nnunet_poolskip", "nnUNetTrainerPoolSkip", "1")]
     assert "export NNUNET_POOLSKIP_EPOCHS=2" in train and "export nnUNet_n_proc_DA=0" in train
-    assert "--expect-schedule 2 10 2)" in train  # the demo's iterations, the epochs given
+    assert "--expect-schedule 2 10 2)" in train  # the epochs and iterations given, the demo's validation iterations
     assert "#SBATCH --gres" not in train  # CPU profile
     calls = fake_train(folder, tmp_path, "$NNUNET_POOLSKIP_EPOCHS $*")
     model_dir = tmp_path / "work" / "nnUNet_results" / "Dataset017_BTCV"
@@ -450,7 +450,7 @@ def test_slurm_train_task_skips_done_folds_and_resumes_interrupted_ones(tmp_path
 
 def test_slurm_array_has_one_task_per_model_fold_and_seed(tmp_path):
     folder = emit(tmp_path, "--profile", "demo", "--models", "nnunet,nnunet_poolskip", "--folds", "0", "--seeds",
-                  "0", "1")
+                  "0", "1", "--plans-preset", "cpu_small")
     train = (folder / "train.sbatch").read_text()
     results = tmp_path / "work" / "nnUNet_results"
     tasks = re.findall(r"^\s*(\d+)\) MODEL=(\w+); TRAINER=(\w+); FOLD=(\d+); SEED=(\d+); RESULTS=(\S+) ;;$", train, re.M)
@@ -491,6 +491,8 @@ def test_slurm_array_has_one_task_per_model_fold_and_seed(tmp_path):
     (["--profile", "demo", "--stage", "finish"], "not converted yet"),
     (["--profile", "demo", "--modality", "ct"], "--modality applies to --dataset amos only"),
     (["--profile", "demo", "--nsd-tolerances", "flare23"], "--nsd-tolerances: "),
+    (["--profile", "demo", "--parallel-trainings", "0"], "--parallel-trainings must be >= 1"),
+    (["--profile", "paper", "--parallel-trainings", "2"], "--parallel-trainings > 1 shares the CPUs"),
 ])
 def test_bad_arguments_fail_before_anything_is_written(tmp_path, capsys, args, message):
     out = tmp_path / "results"
@@ -502,8 +504,9 @@ def test_bad_arguments_fail_before_anything_is_written(tmp_path, capsys, args, m
 # ------------------------------------------------------------------------------------ end to end
 SCALED_DOWN = ["--profile", "demo", "--models", "nnunet,nnunet_poolskip", "--folds", "0", "1", "--cases", "8",
                "--phantom-size", "32", "48", "48", "--epochs", "2", "--iterations", "2", "--val-iterations", "1",
-               "--preprocess-processes", "1", "--evaluate-processes", "2"]
-"""The demo profile's code path at CI scale: 2 models, 2 folds, 2 epochs of 2 iterations, 8 small phantoms."""
+               "--preprocess-processes", "1", "--evaluate-processes", "2", "--plans-preset", "cpu_small"]
+"""The demo profile's code path at CI scale: 2 models, 2 folds, 2 epochs of 2 iterations, 8 small phantoms, the
+tests' tiny CPU plans (the demo's own preset has small patches, whose sliding-window validation costs more)."""
 
 
 def group_alive(pgid: int) -> list:
@@ -529,9 +532,10 @@ def write_split(tmp_path: Path) -> Path:
 
 def run_until_second_epoch_then_kill(argv, env, log_path: Path, fold: Path) -> FoldState:
     """Run the benchmark until ``fold`` has finished its first epoch, SIGKILL the runner only, check that the
-    training it started died with it, and return the fold's state at the kill."""
+    training it started died with it, and return the fold's state at the kill. The trainings run one at a time
+    (the demo profile's two at a time would leave the other run's state to chance)."""
     log = open(log_path, "w")
-    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen([*argv, "--parallel-trainings", "1"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 900
         # nnU-Net logs "Epoch 1" after saving the checkpoints of epoch 0: a complete checkpoint_best.pth exists
@@ -587,7 +591,7 @@ def test_scaled_down_benchmark_killed_mid_training_then_resumed(tmp_path):
     record = json.loads((out / "run.json").read_text())
     assert record["steps"]["train/nnUNetTrainerBaseline/fold_1"]["status"] == "running"  # as the kill left it
 
-    # 2) rerun with the same arguments: completes without retraining fold 0
+    # 2) rerun (the demo's two trainings at a time: not part of the protocol): completes without retraining fold 0
     rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stdout[-4000:] + rerun.stderr[-4000:]
     assert fingerprint(fold0) == before
@@ -648,6 +652,21 @@ def test_scaled_down_benchmark_killed_mid_training_then_resumed(tmp_path):
                  "elimination_singularities_nnunet_poolskip.png"):
         width, height = png_size(out / name)
         assert 800 <= width <= 2000 and height >= 300, (name, width, height)
+    assert f"full logs: {out / 'logs'}/" in "\n".join(rerun.stdout.splitlines()[:6])  # among the first lines
+    # one line per epoch of every run this invocation trained (read from nnU-Net's log), the time left in each
+    for fold in (0, 1):
+        for epoch in (1, 2):
+            assert re.search(rf"^   nnunet_poolskip fold {fold} epoch {epoch}/2: train loss -?[0-9.]+, pseudo Dice "
+                             rf"([0-9.]+|\?), [0-9.]+ s/epoch, ~[0-9.]+ (s|min) left in all$", rerun.stdout, re.M), \
+                rerun.stdout
+    assert not (out / ".benchmark.lock").exists()
+    # two at a time, one torch thread each on 2 CPUs: the trainer applied the runner's thread count
+    threads = str(max(1, (os.cpu_count() or 1) // 2))
+    for fold in (0, 1):
+        assert steps[f"train/nnUNetTrainerPoolSkip/fold_{fold}"]["env"]["NNUNET_POOLSKIP_THREADS"] == threads
+        logs = (models / "nnUNetTrainerPoolSkip__nnUNetPlansCPU__3d_fullres" / f"fold_{fold}").glob("training_log_*")
+        assert any(f"nnunet-poolskip: {threads} torch thread(s)" in p.read_text() for p in logs)
+    assert "NNUNET_POOLSKIP_THREADS" not in steps["train/nnUNetTrainerBaseline/fold_0"]["env"]  # first run: one at a time
 
     # 4) another protocol into the same folder is refused before any work
     assert main(["benchmark", *SCALED_DOWN, "--epochs", "3", "--split-file", str(split), "--output", str(out)]) == 2

@@ -20,7 +20,7 @@ from conftest import run_cli
 from nnunet_poolskip.nn.pool_skip import PoolSkip2d, PoolSkip3d, is_pool_skip
 from nnunet_poolskip.training import TRAINERS
 from nnunet_poolskip.training.poolskip import nnUNetTrainerPoolSkip
-from nnunet_poolskip.training.schedule import schedule_overrides
+from nnunet_poolskip.training.schedule import schedule_overrides, torch_threads
 
 POOL_SKIP_TRAINERS = {name: cls for name, cls in TRAINERS.items() if issubclass(cls, nnUNetTrainerPoolSkip)}
 
@@ -185,6 +185,10 @@ def test_schedule_variables_are_validated():
     assert schedule_overrides({}) == {}
     with pytest.raises(ValueError, match="NNUNET_POOLSKIP_ITERS"):
         schedule_overrides({"NNUNET_POOLSKIP_ITERS": "zero"})
+    assert torch_threads({"NNUNET_POOLSKIP_THREADS": "1"}) == 1 and torch_threads({}) is None
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(ValueError, match="NNUNET_POOLSKIP_THREADS"):
+            torch_threads({"NNUNET_POOLSKIP_THREADS": bad})
 
 
 def test_missing_ext_trainer_gives_the_env_command(monkeypatch):
