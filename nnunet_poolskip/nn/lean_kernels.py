@@ -33,6 +33,11 @@ autocast ``F.conv*d`` would (input, weight and bias cast to it; pooling itself s
 as max pooling is exact in any dtype). Without autograd (``torch.no_grad``, inference) they run the
 plain reference ops.
 
+torch.compile: forward and backward trace without graph breaks (fullgraph=True), also under autocast.
+Only eager backward writes ``y``'s gradient into the dead rebuilt unpooled map; compiled code allocates
+it (inductor plans its buffers itself), as reusing the map broke autocast under compile (see
+:func:`_skip_and_pool_gradient`).
+
 Higher-order gradients: the backward passes are built from differentiable ops, so a graph of the
 backward (``torch.autograd.grad(..., create_graph=True)``, gradient penalties,
 ``torch.autograd.functional.hvp`` / ``jvp``) gives the reference's second derivatives. For that, the
@@ -210,6 +215,12 @@ def _skip_and_pool_gradient(grad_out: torch.Tensor, gathered: torch.Tensor, indi
     Autograd on the reference computes ``grad_out + unpool(gathered)``; adding ``gathered`` only where
     it is non-zero gives the same floats. ``spare``, a dead tensor of the right size (the rebuilt unpooled
     map), is reused as the result's storage when its dtype and layout fit.
+
+    Pass no ``spare`` while torch.compile traces: asking a backward's gradient for its layout
+    (``is_contiguous``, ``stride``) makes Dynamo retrace the backward with contiguous gradients, and
+    torch (2.14) then leaves the backward's autocast-off block entered, so the rest of the compiled
+    forward loses autocast and the trace fails on the next conv ("RuntimeError when making fake tensor
+    call": bf16 input, float32 bias).
     """
     if (spare is not None and spare.dtype == y_dtype and spare.shape == grad_out.shape
             and spare.is_contiguous() and grad_out.is_contiguous()):
@@ -290,9 +301,11 @@ class _PoolUnpoolConvFunction(torch.autograd.Function):
         pooled, offsets, weight = ctx.saved_tensors
         pool_size, spatial, ndim = ctx.pool_size, ctx.spatial, len(ctx.pool_size)
         need_y, need_weight, need_bias = ctx.needs_input_grad[:3]
-        # grad mode is on here only under create_graph=True: the ops below are then recorded, and a tensor
-        # that the recorded graph needs (the rebuilt unpooled map) must not be reused in place
-        recording = torch.is_grad_enabled()
+        # the rebuilt unpooled map is dead after the conv's backward and can hold grad_y, except
+        # - under create_graph=True (grad mode on here): the recorded graph needs it;
+        # - while torch.compile traces: reusing it asks for grad_out's layout, which Dynamo does not know
+        #   in a backward (see _skip_and_pool_gradient); inductor plans the buffers itself anyway
+        reuse_unpooled = not (torch.is_grad_enabled() or _is_compiling())
         grad_y = grad_weight = grad_bias = None
         with torch.autocast(offsets.device.type, enabled=False):
             indices = decode_offsets(offsets, spatial, pool_size)
@@ -307,7 +320,7 @@ class _PoolUnpoolConvFunction(torch.autograd.Function):
                     del grad_unpooled
                     if ctx.skip:
                         grad_y = _skip_and_pool_gradient(grad_out, gathered, indices, pool_size, spatial,
-                                                         ctx.y_dtype, spare=None if recording else unpooled)
+                                                         ctx.y_dtype, spare=unpooled if reuse_unpooled else None)
                     else:
                         grad_y = unpool(gathered.to(ctx.y_dtype), indices, pool_size, spatial)
             if grad_pooled is not None and need_y:

@@ -224,6 +224,55 @@ def test_torch_compile_traces_without_graph_breaks(spatial, variant):
     torch._dynamo.reset()
 
 
+def conv_pool_skip_conv(variant, implementation):
+    """A U-Net stage in miniature: host conv, Pool Skip, the next conv (same weights for a given variant)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv3d(2, 4, 3, padding=1), PoolSkip3d(4, variant=variant, implementation=implementation),
+                         nn.Conv3d(4, 4, 3, padding=1))
+
+
+@pytest.mark.parametrize("spatial", [(5, 6, 7), (4, 6, 8)])
+@pytest.mark.parametrize("variant", ["full", "pool_skip", "pool_conv"])
+def test_torch_compile_under_bf16_autocast_with_a_conv_after_pool_skip(variant, spatial):
+    """What nnU-Net's trainer does (torch.compile + autocast), with an op after Pool Skip in the same graph.
+    The lean backward once asked the incoming gradient for its layout; Dynamo then retraced that backward
+    and left its autocast-off block entered, so the next conv saw a bf16 input and float32 parameters
+    ("RuntimeError when making fake tensor call"). Outputs and all gradients equal the eager reference."""
+    torch._dynamo.reset()
+    compiled = torch.compile(conv_pool_skip_conv(variant, "lean"), backend="aot_eager", fullgraph=True)
+    y = tied((2, 2, *spatial))
+    lean_result = forward_backward(compiled, y, torch.bfloat16)
+    assert lean_result[0].dtype == torch.bfloat16
+    assert_same(lean_result, forward_backward(conv_pool_skip_conv(variant, "reference"), y, torch.bfloat16),
+                rtol=1e-2, atol=1e-2)
+    torch._dynamo.reset()
+
+
+def test_eager_backward_reuses_the_rebuilt_unpooled_map(monkeypatch):
+    """The memory-lean saving that compiled code gives up (inductor plans its buffers itself): in eager
+    mode the full variant's input gradient is written into the unpooled map rebuilt for the conv's backward,
+    instead of a fresh tensor."""
+    from nnunet_poolskip.nn import lean_kernels
+
+    calls = []
+    original = lean_kernels._skip_and_pool_gradient
+
+    def spy(*args, spare):
+        grad_y = original(*args, spare=spare)
+        calls.append(spare is not None and grad_y.data_ptr() == spare.data_ptr())
+        return grad_y
+
+    monkeypatch.setattr(lean_kernels, "_skip_and_pool_gradient", spy)
+    lean, reference = pair(3, 4, 2, "full")
+    y = tied((2, 4, 5, 6, 7))
+    assert_same(forward_backward(lean, y), forward_backward(reference, y))
+    # under autocast the map is in the conv's dtype: reused when y comes in that dtype (from a host conv)
+    y = y.to(torch.bfloat16)
+    assert_same(forward_backward(lean, y, torch.bfloat16), forward_backward(reference, y, torch.bfloat16),
+                rtol=1e-2, atol=1e-2)
+    assert calls == [True, True]
+
+
 def small_unet():
     return PlainConvUNet(1, 4, [4, 8, 16, 16], nn.Conv3d, [[1, 3, 3], 3, 3, 3], [1, [1, 2, 2], 2, 2], 2, 3, 1,
                          conv_bias=True, norm_op=nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
@@ -253,6 +302,36 @@ def test_injected_network_uses_the_default_and_lean_matches_reference():
     torch.testing.assert_close(losses[0], losses[1])
     for (name, p_lean), p_ref in zip(lean_net.named_parameters(), reference_net.parameters()):
         torch.testing.assert_close(p_lean.grad, p_ref.grad, msg=name)
+
+
+def test_compiled_injected_unet_under_bf16_autocast_equals_reference():
+    """nnU-Net's training step in miniature: a PlainConvUNet with Pool Skip injected (lean, the default),
+    compiled and run under autocast; deep-supervision outputs and every parameter's gradient equal the
+    uncompiled network with the reference implementation."""
+    torch._dynamo.reset()
+    nets = []
+    for implementation in ("lean", "reference"):
+        torch.manual_seed(0)
+        net = small_unet()
+        inject_pool_skip(net)
+        assert set_implementation(net, implementation) == 8
+        nets.append(net)
+    compiled = torch.compile(nets[0], backend="aot_eager")
+    # the deepest stage gets 4x4x4 voxels: at 2x2x2, torch 2.14's oneDNN bf16 conv3d weight gradient on CPU
+    # differs from run to run in the reference alone
+    x = torch.randn(1, 1, 16, 32, 32, generator=torch.Generator().manual_seed(1))
+    outputs = []
+    for net in (compiled, nets[1]):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net(x)
+        sum(o.float().square().mean() for o in out).backward()
+        outputs.append([o.detach() for o in out])
+    for out_lean, out_ref in zip(*outputs):
+        assert out_lean.dtype == torch.bfloat16
+        torch.testing.assert_close(out_lean, out_ref, rtol=1e-2, atol=1e-2)
+    for (name, p_lean), p_ref in zip(nets[0].named_parameters(), nets[1].parameters()):
+        torch.testing.assert_close(p_lean.grad, p_ref.grad, rtol=1e-2, atol=1e-2, msg=name)
+    torch._dynamo.reset()
 
 
 def test_state_dict_is_interchangeable():
