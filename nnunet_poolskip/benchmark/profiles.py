@@ -71,11 +71,14 @@ PROFILES: Dict[str, Profile] = {
         description="smoke-scale run on synthetic BTCV-like phantoms on the CPU: CPU-sized plans, a short "
                     "schedule, fewer folds; it shows the pipeline works and the models learn, it does NOT "
                     "reproduce the paper",
-        # sized for about 15 minutes on 2 CPU cores (benchmarks/RESULTS.md): nnU-Net's SGD needs hundreds of
+        # sized for 15 minutes on 2 CPU cores (measured: benchmarks/RESULTS.md): nnU-Net's SGD needs hundreds of
         # iterations before it predicts any organ, so iterations are what the budget buys; small patches make
         # them cheap (plans/cpu_demo.json), a coarse phantom grid makes the sliding-window inference cheap,
-        # and two one-thread trainings at a time do more work on 2 cores than one two-thread training
-        device="cpu", plans_preset="cpu_demo", epochs=10, iterations=60, val_iterations=2,
+        # two one-thread trainings at a time do more work on 2 cores than one two-thread training, and the
+        # final validation is not mirrored (as the test predictions: test_time_mirroring=False). On such small
+        # tiles, a batch-1 inference runs PyTorch's slow non-oneDNN conv3d path (about 7x a training sample's
+        # cost), which is why validation and prediction weigh so much here.
+        device="cpu", plans_preset="cpu_demo", epochs=8, iterations=60, val_iterations=2,
         folds=(0, 1), models=PAPER_MODELS, synthetic_cases=30, synth_seed=0, synth_size=(24, 40, 40),
         preprocess_processes=2, cpu_training_env=True, test_time_mirroring=False, smoke=True,
         parallel_trainings=2),

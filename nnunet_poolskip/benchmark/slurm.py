@@ -26,8 +26,8 @@ from typing import Dict, List, Sequence
 
 from nnunet_poolskip.benchmark.protocol import CONFIGURATION
 from nnunet_poolskip.benchmark.training_runs import NNUNET_SCHEDULE, planned_runs, train_command
-from nnunet_poolskip.benchmark.workspace import step_environment
-from nnunet_poolskip.training.schedule import SCHEDULE_VARIABLES, SEED_VARIABLE
+from nnunet_poolskip.benchmark.workspace import RUN_VARIABLES, step_environment
+from nnunet_poolskip.training.schedule import SEED_VARIABLE
 from nnunet_poolskip.utilities.atomic import atomic_path
 
 SCRIPT_NAMES = ("env.sh", "prepare.sbatch", "train.sbatch", "finish.sbatch", "submit.sh")
@@ -80,7 +80,7 @@ def emit_slurm(config, folder: os.PathLike, benchmark_argv: Sequence[str],
               f"export PATH={shlex.quote(str(bin_dir))}:\"$PATH\"",
               f"export NNUNET_POOLSKIP_PYTHON={shlex.quote(sys.executable)}",
               # a leftover short-schedule or seed variable must never shorten or seed a run
-              "unset " + " ".join([*SCHEDULE_VARIABLES, SEED_VARIABLE]), *_exports(common)]
+              "unset " + " ".join(RUN_VARIABLES), *_exports(common)]
 
     prepare = _header("poolskip-prepare", logs, sbatch_options) + [
         "set -euo pipefail", f"source {shlex.quote(str(folder / 'env.sh'))}", f"{cli} --stage prepare"]

@@ -16,7 +16,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 from nnunet_poolskip.benchmark.profiles import Settings
 from nnunet_poolskip.benchmark.protocol import DATASET_KINDS
-from nnunet_poolskip.training.schedule import SCHEDULE_VARIABLES, SEED_VARIABLE
+from nnunet_poolskip.training.schedule import SCHEDULE_VARIABLES, SEED_VARIABLE, VALIDATION_MIRRORING_VARIABLE
 
 NNUNET_FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 SCHEDULE_FIELDS = {"num_epochs": "epochs", "num_iterations_per_epoch": "iterations",
@@ -125,6 +125,10 @@ def executable(name: str) -> str:
     return str(candidate) if candidate.exists() else (shutil.which(name) or name)
 
 
+RUN_VARIABLES = (*SCHEDULE_VARIABLES, SEED_VARIABLE, VALIDATION_MIRRORING_VARIABLE)
+"""The variables that change what a training run does: never inherited from the caller's environment."""
+
+
 def schedule_variables(settings: Settings) -> Dict[str, str]:
     """NNUNET_POOLSKIP_* variables for the settings' short schedule (empty for nnU-Net's defaults)."""
     out = {}
@@ -147,12 +151,14 @@ def step_environment(base: Mapping[str, str], workspace: Workspace, settings: Se
         seed: the step works on this seed's runs: nnUNet_results is the seed's folder
             (:meth:`Workspace.results_for_seed`), and a training gets NNUNET_POOLSKIP_SEED. None: the unseeded run.
 
-    Any NNUNET_POOLSKIP_* schedule or seed variable in ``base`` is removed: a leftover variable must never shorten
-    a paper run or seed an unseeded one. nnUNet_n_proc_DA=0 is removed for planning, which crashes with it.
+    Any NNUNET_POOLSKIP_* schedule, seed or validation-mirroring variable in ``base`` is removed: a leftover
+    variable must never shorten a paper run, seed an unseeded one or change its validation. A training without
+    test-time mirroring (the demo) gets NNUNET_POOLSKIP_VAL_MIRRORING=0: its final validation is not mirrored
+    either. nnUNet_n_proc_DA=0 is removed for planning, which crashes with it.
     """
     from nnunet_poolskip.training.discovery import ENV_VARIABLE, ext_trainer_value
 
-    env = {k: v for k, v in base.items() if k not in SCHEDULE_VARIABLES and k != SEED_VARIABLE}
+    env = {k: v for k, v in base.items() if k not in RUN_VARIABLES}
     added = workspace.variables()
     added["nnUNet_results"] = str(workspace.results_for_seed(seed))
     added[ENV_VARIABLE] = ext_trainer_value(base.get(ENV_VARIABLE, ""))
@@ -164,6 +170,8 @@ def step_environment(base: Mapping[str, str], workspace: Workspace, settings: Se
             added.update(CPU_TRAINING_ENV)
         if seed is not None:
             added[SEED_VARIABLE] = str(seed)
+        if not settings.test_time_mirroring:
+            added[VALIDATION_MIRRORING_VARIABLE] = "0"
     if purpose == "plan" and env.get("nnUNet_n_proc_DA") == "0":
         del env["nnUNet_n_proc_DA"]
     env.update(added)

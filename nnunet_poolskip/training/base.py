@@ -11,8 +11,9 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_poolskip.diagnostics.history import (DIAG_EVERY_VARIABLE, HISTORY_FILENAME, append_record,
                                                  diagnostics_every, should_record, truncate_history, weight_record)
-from nnunet_poolskip.training.schedule import (SEED_VARIABLE, THREADS_VARIABLE, schedule_overrides,
-                                                seed_from_environment, torch_threads)
+from nnunet_poolskip.training.schedule import (SEED_VARIABLE, THREADS_VARIABLE, VALIDATION_MIRRORING_VARIABLE,
+                                                schedule_overrides, seed_from_environment, torch_threads,
+                                                validation_mirroring)
 
 
 class nnUNetTrainerBaseline(nnUNetTrainer):
@@ -23,8 +24,9 @@ class nnUNetTrainerBaseline(nnUNetTrainer):
     ``<fold folder>/diagnostics_history.jsonl`` every 50 epochs (see
     :mod:`nnunet_poolskip.diagnostics.history`; ``NNUNET_POOLSKIP_DIAG_EVERY=N`` changes N, 0 turns it
     off). It exists so that a baseline and its Pool Skip counterpart share every setting, including a
-    short schedule and a thread count (see :mod:`nnunet_poolskip.training.schedule`), and so that the baseline's
-    diagnostics can be compared layer by layer with the Pool Skip model's.
+    short schedule, a thread count and an unmirrored final validation (see
+    :mod:`nnunet_poolskip.training.schedule`), and so that the baseline's diagnostics can be compared layer by
+    layer with the Pool Skip model's.
 
     With ``NNUNET_POOLSKIP_SEED=S`` set, the run is seeded (unset: not seeded, as nnU-Net): Python's ``random``,
     NumPy's global generator and torch get S at start-up, before nnU-Net builds the network and its data
@@ -50,12 +52,26 @@ class nnUNetTrainerBaseline(nnUNetTrainer):
             torch.set_num_threads(threads)
             self.print_to_log_file(f"nnunet-poolskip: {threads} torch thread(s) ({THREADS_VARIABLE})")
         self.diagnostics_every = diagnostics_every()
+        self.mirrored_validation = validation_mirroring()  # read now: a bad value fails before training, not after
         self.seed: Optional[int] = seed_from_environment()
         if self.seed is not None:
             seed_everything(epoch_seed(self.seed, None, self.local_rank))
             self.print_to_log_file(f"nnunet-poolskip: {SEED_VARIABLE}={self.seed}: Python random, NumPy and torch "
                                    f"seeded at start-up and at every epoch start (seed derived from the seed, the "
                                    f"epoch and the rank {self.local_rank})")
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        """nnU-Net's final validation; without test-time mirroring when NNUNET_POOLSKIP_VAL_MIRRORING=0 (the
+        mirroring axes are restored afterwards: checkpoint_final.pth, saved before, keeps them anyway)."""
+        if self.mirrored_validation:
+            return super().perform_actual_validation(save_probabilities)
+        self.print_to_log_file(f"nnunet-poolskip: final validation without test-time mirroring "
+                               f"({VALIDATION_MIRRORING_VARIABLE}=0)")
+        axes, self.inference_allowed_mirroring_axes = self.inference_allowed_mirroring_axes, None
+        try:
+            return super().perform_actual_validation(save_probabilities)
+        finally:
+            self.inference_allowed_mirroring_axes = axes
 
     def on_epoch_start(self):
         if self.seed is not None:

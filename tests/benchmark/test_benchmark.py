@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import BIN
 from toydata import write_toy_dataset
@@ -199,7 +200,6 @@ def test_fold_state_follows_nnunet_files_and_gives_the_resume_command(tmp_path):
 
 def write_checkpoint(path: Path, truncate: bool = False) -> Path:
     """A real torch checkpoint (a zip archive), or one cut short as a kill during torch.save leaves it."""
-    import torch
 
     torch.save({"network_weights": {"w": torch.arange(1000.0)}, "current_epoch": 3}, path)
     if truncate:
@@ -242,8 +242,13 @@ def test_step_environment_removes_leftover_schedule_and_sets_the_profiles(tmp_pa
     assert (env["NNUNET_POOLSKIP_EPOCHS"], env["NNUNET_POOLSKIP_ITERS"], env["NNUNET_POOLSKIP_VAL_ITERS"]) == (
         "2", "5", "1")
     assert (env["nnUNet_n_proc_DA"], env["nnUNet_def_n_proc"], env["nnUNet_compile"]) == ("0", "1", "f")
+    assert env["NNUNET_POOLSKIP_VAL_MIRRORING"] == "0"  # the demo predicts without mirroring, and validates so
     env, _ = step_environment(base, ws, demo, "plan")  # planning crashes with nnUNet_n_proc_DA=0
     assert "nnUNet_n_proc_DA" not in env and "NNUNET_POOLSKIP_EPOCHS" not in env
+    env, _ = step_environment(clean_env(NNUNET_POOLSKIP_VAL_MIRRORING="0"), ws, paper, "train")
+    assert "NNUNET_POOLSKIP_VAL_MIRRORING" not in env  # a leftover never changes a paper run's validation
+    env, _ = step_environment(base, ws, resolve_settings("demo", test_time_mirroring=True), "train")
+    assert "NNUNET_POOLSKIP_VAL_MIRRORING" not in env  # --tta: mirrored test predictions, mirrored validation
 
 
 def write_debug_json(fold: Path, epochs: int, iterations: int, val_iterations: int) -> None:
@@ -457,7 +462,8 @@ def test_slurm_array_has_one_task_per_model_fold_and_seed(tmp_path):
     assert [(m, f, seed, r) for _, m, _, f, seed, r in tasks] == [
         (m, "0", seed, str(results / f"seed_{seed}")) for seed in "01" for m in ("nnunet", "nnunet_poolskip")]
     assert "#SBATCH --array=0-3" in train
-    assert "unset NNUNET_POOLSKIP_EPOCHS NNUNET_POOLSKIP_ITERS NNUNET_POOLSKIP_VAL_ITERS NNUNET_POOLSKIP_SEED" in \
+    assert ("unset NNUNET_POOLSKIP_EPOCHS NNUNET_POOLSKIP_ITERS NNUNET_POOLSKIP_VAL_ITERS NNUNET_POOLSKIP_SEED "
+            "NNUNET_POOLSKIP_VAL_MIRRORING") in \
         (folder / "env.sh").read_text()
     assert "--seeds 0 1" in (folder / "finish.sbatch").read_text()
     # run the tasks against a stand-in nnUNetv2_train: seed 0's baseline fold is done, the others are new
@@ -665,7 +671,13 @@ def test_scaled_down_benchmark_killed_mid_training_then_resumed(tmp_path):
     for fold in (0, 1):
         assert steps[f"train/nnUNetTrainerPoolSkip/fold_{fold}"]["env"]["NNUNET_POOLSKIP_THREADS"] == threads
         logs = (models / "nnUNetTrainerPoolSkip__nnUNetPlansCPU__3d_fullres" / f"fold_{fold}").glob("training_log_*")
-        assert any(f"nnunet-poolskip: {threads} torch thread(s)" in p.read_text() for p in logs)
+        log = "".join(p.read_text() for p in logs)
+        assert f"nnunet-poolskip: {threads} torch thread(s)" in log
+        # no test-time mirroring in the demo: the final validation runs unmirrored, the checkpoint keeps its axes
+        assert "final validation without test-time mirroring (NNUNET_POOLSKIP_VAL_MIRRORING=0)" in log
+        final = torch.load(models / "nnUNetTrainerPoolSkip__nnUNetPlansCPU__3d_fullres" / f"fold_{fold}" /
+                           "checkpoint_final.pth", map_location="cpu", weights_only=False)
+        assert tuple(final["inference_allowed_mirroring_axes"]) == (0, 1, 2)
     assert "NNUNET_POOLSKIP_THREADS" not in steps["train/nnUNetTrainerBaseline/fold_0"]["env"]  # first run: one at a time
 
     # 4) another protocol into the same folder is refused before any work

@@ -20,7 +20,7 @@ from conftest import run_cli
 from nnunet_poolskip.nn.pool_skip import PoolSkip2d, PoolSkip3d, is_pool_skip
 from nnunet_poolskip.training import TRAINERS
 from nnunet_poolskip.training.poolskip import nnUNetTrainerPoolSkip
-from nnunet_poolskip.training.schedule import schedule_overrides, torch_threads
+from nnunet_poolskip.training.schedule import schedule_overrides, torch_threads, validation_mirroring
 
 POOL_SKIP_TRAINERS = {name: cls for name, cls in TRAINERS.items() if issubclass(cls, nnUNetTrainerPoolSkip)}
 
@@ -189,6 +189,37 @@ def test_schedule_variables_are_validated():
     for bad in ("0", "-1", "two"):
         with pytest.raises(ValueError, match="NNUNET_POOLSKIP_THREADS"):
             torch_threads({"NNUNET_POOLSKIP_THREADS": bad})
+    assert validation_mirroring({}) and validation_mirroring({"NNUNET_POOLSKIP_VAL_MIRRORING": "1"})
+    assert not validation_mirroring({"NNUNET_POOLSKIP_VAL_MIRRORING": "0"})
+    for bad in ("2", "no"):
+        with pytest.raises(ValueError, match="NNUNET_POOLSKIP_VAL_MIRRORING must be an integer from 0 to 1"):
+            validation_mirroring({"NNUNET_POOLSKIP_VAL_MIRRORING": bad})
+
+
+@pytest.mark.parametrize("mirrored", [True, False])
+def test_final_validation_mirrors_unless_switched_off_and_keeps_the_axes(monkeypatch, mirrored):
+    """NNUNET_POOLSKIP_VAL_MIRRORING=0: nnU-Net's validation sees no mirroring axes (its predictor then runs each
+    window once); afterwards the trainer has its axes back, also when the validation fails."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnunet_poolskip.training.base import nnUNetTrainerBaseline
+
+    seen = []
+
+    def fake_validation(self, save_probabilities=False):
+        seen.append(self.inference_allowed_mirroring_axes)
+        raise RuntimeError("export failed")
+
+    monkeypatch.setattr(nnUNetTrainer, "perform_actual_validation", fake_validation)
+    trainer = object.__new__(nnUNetTrainerBaseline)  # no plans needed: only the override runs
+    trainer.mirrored_validation, trainer.inference_allowed_mirroring_axes = mirrored, (0, 1, 2)
+    logged = []
+    trainer.print_to_log_file = lambda *args, **kwargs: logged.append(" ".join(map(str, args)))
+    with pytest.raises(RuntimeError, match="export failed"):
+        trainer.perform_actual_validation()
+    assert seen == [(0, 1, 2) if mirrored else None]
+    assert trainer.inference_allowed_mirroring_axes == (0, 1, 2)
+    assert (logged == []) == mirrored
 
 
 def test_missing_ext_trainer_gives_the_env_command(monkeypatch):
