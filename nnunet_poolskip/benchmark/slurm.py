@@ -79,7 +79,7 @@ def emit_slurm(config, folder: os.PathLike, benchmark_argv: Sequence[str],
     env_sh = ["# sourced by every job of this benchmark (written by nnunet-poolskip benchmark --emit slurm)",
               f"export PATH={shlex.quote(str(bin_dir))}:\"$PATH\"",
               f"export NNUNET_POOLSKIP_PYTHON={shlex.quote(sys.executable)}",
-              # a leftover short-schedule or seed variable must never shorten or seed a run
+              # a leftover short-schedule, seed or validation variable must never shorten, seed or change a run
               "unset " + " ".join(RUN_VARIABLES), *_exports(common)]
 
     prepare = _header("poolskip-prepare", logs, sbatch_options) + [
