@@ -240,16 +240,14 @@ def _fmt(kind: str, value) -> str:
 
 
 def machine(device: str) -> Dict[str, str]:
-    info = {"python": platform.python_version(), "host": platform.node(), "cores": str(os.cpu_count())}
-    try:
-        import torch
+    """overhead.py's description of the machine (CPU model, cores, torch threads and version, load; the GPU),
+    plus the host name and, on CUDA, the GPU's memory."""
+    import torch
+    from overhead import machine_description
 
-        info["torch"] = torch.__version__
-        if device == "cuda" and torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-            info["gpu memory"] = f"{torch.cuda.get_device_properties(0).total_memory / 2 ** 30:.0f} GiB"
-    except ImportError:
-        pass
+    info = {"host": platform.node(), **machine_description(torch.device(device))}
+    if device == "cuda":
+        info["gpu memory"] = f"{torch.cuda.get_device_properties(0).total_memory / 2 ** 30:.0f} GiB"
     return info
 
 
