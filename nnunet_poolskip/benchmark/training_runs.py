@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from nnunet_poolskip.benchmark.protocol import CONFIGURATION, Model
-from nnunet_poolskip.benchmark.training_log import read_epochs
 from nnunet_poolskip.benchmark.workspace import seed_folder_name
 
 FINAL_CHECKPOINT = "checkpoint_final.pth"
@@ -183,12 +182,6 @@ class TrainingRun:
     @property
     def checkpoint(self) -> Path:
         return self.folder / FINAL_CHECKPOINT
-
-
-def epoch_times(fold_folder: Path, newer_than: float = 0.0) -> List[float]:
-    """Epoch durations (s) logged by nnU-Net in the newest training log of a fold modified after
-    ``newer_than`` (a time.time() value); empty when there is none yet (see training_log.read_epochs)."""
-    return [record.seconds for record in read_epochs(fold_folder, newer_than)]
 
 
 def format_duration(seconds: Optional[float]) -> str:

@@ -25,7 +25,8 @@ from toydata import write_toy_dataset
 from nnunet_poolskip.benchmark.finish import Finish
 from nnunet_poolskip.benchmark.profiles import resolve_settings
 from nnunet_poolskip.benchmark.protocol import MODELS, PAPER_MODELS, parse_models, resolve_model
-from nnunet_poolskip.benchmark.training_runs import (FoldState, checkpoint_readable, epoch_times,
+from nnunet_poolskip.benchmark.training_log import read_epochs
+from nnunet_poolskip.benchmark.training_runs import (FoldState, checkpoint_readable,
                                                      fold_state, planned_runs, set_aside_unreadable_checkpoints,
                                                      train_command)
 from nnunet_poolskip.benchmark.runinfo import RunRecord
@@ -225,8 +226,8 @@ def test_epoch_times_read_from_nnunet_log(tmp_path):
     log = tmp_path / "training_log_2024_1_1_00_00_00.txt"
     log.write_text("2024-01-01 00:00:01.000000: Epoch 0\n2024-01-01 00:00:05.000000: Epoch time: 4.25 s\n"
                    "2024-01-01 00:00:06.000000: Epoch 1\n2024-01-01 00:00:09.000000: Epoch time: 3.5 s\n")
-    assert epoch_times(tmp_path) == [4.25, 3.5]
-    assert epoch_times(tmp_path, newer_than=time.time() + 60) == []
+    assert [record.seconds for record in read_epochs(tmp_path)] == [4.25, 3.5]
+    assert read_epochs(tmp_path, newer_than=time.time() + 60) == []
 
 
 def test_step_environment_removes_leftover_schedule_and_sets_the_profiles(tmp_path):

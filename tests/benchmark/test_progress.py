@@ -19,7 +19,7 @@ from nnunet_poolskip.benchmark.runinfo import RunRecord
 from nnunet_poolskip.benchmark.steps import Steps
 from nnunet_poolskip.benchmark.train import Training, _EpochWatcher, epoch_line
 from nnunet_poolskip.benchmark.training_log import parse_training_log, read_epochs
-from nnunet_poolskip.benchmark.training_runs import TrainingRun, epoch_times
+from nnunet_poolskip.benchmark.training_runs import TrainingRun
 from nnunet_poolskip.commands import benchmark as benchmark_command
 
 # What nnU-Net 2.8.1 writes (nnUNetTrainer.on_train_epoch_start / on_epoch_end, print_to_log_file: every
@@ -63,7 +63,7 @@ def test_training_log_gives_one_record_per_finished_epoch():
 
 def test_newest_log_of_a_fold_is_read(tmp_path):
     (tmp_path / "training_log_2026_12_1_02_00_00.txt").write_text(NNUNET_LOG)
-    assert epoch_times(tmp_path) == [686.31, 60.04]
+    assert [record.seconds for record in read_epochs(tmp_path)] == [686.31, 60.04]
     assert read_epochs(tmp_path, newer_than=time.time() + 60) == []
     assert read_epochs(tmp_path / "missing") == []
 
