@@ -15,7 +15,8 @@ process start and model loading, as a user pays it. nnU-Net runs with one prepro
 (``-npp 1 -nps 1``, its leanest setting for one case; nnUNetv2_ensemble ``-np 1``). Memory: the peak resident set
 of the largest single process (``os.wait4``'s ``ru_maxrss``, what ``/usr/bin/time -v`` reports) and the peak of the
 proportional set sizes (shared pages split among the processes sharing them) summed over the whole process tree
-(sampled from /proc every 0.2 s; nnU-Net works in worker processes), plus, on CUDA, the peak GPU memory in use (``nvidia-smi``, whole device, sampled every 0.5 s).
+(sampled from /proc every 0.2 s; nnU-Net works in worker processes), plus, on CUDA, the peak GPU memory in use
+(``nvidia-smi``, whole device, sampled every 0.5 s).
 
 The models: synthetic BTCV phantoms (``nnunet-poolskip synth``, 10 cases: 5 train+val, 5 test), planned by
 ``nnUNetv2_plan_and_preprocess`` (CPU plans from ``nnunet-poolskip derive-plans`` on the CPU, nnU-Net's default
@@ -364,7 +365,8 @@ def dice_per_label(a: np.ndarray, b: np.ndarray) -> Dict[int, float]:
 
 
 def _predict_probabilities(ws: Workspace, methods: Methods, case: str, case_dir: Path, name: str, *extra: str):
-    """Run (a) (with ``extra`` options) once more, untimed, with --save-probabilities; return (probabilities, labels)."""
+    """Run (a) (with ``extra`` options) once more, untimed, with --save-probabilities;
+    return (probabilities, labels)."""
     import SimpleITK as sitk
 
     out = ws.root / "runs" / name / case
@@ -476,12 +478,14 @@ def print_report(info: dict, summary: dict, agree: Dict[str, dict], methods: Seq
     print("median over cases: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["median_ratios"].items()))
     print("\n## Agreement")
     for case, entry in agree.items():
-        print(f"{case}: max |p(a) - mean of (c)'s per-fold p| = {entry['max_abs_probability_difference_a_vs_mean_of_folds']:.2e}"
+        print(f"{case}: max |p(a) - mean of (c)'s per-fold p| = "
+              f"{entry['max_abs_probability_difference_a_vs_mean_of_folds']:.2e}"
               f" (folds differ by up to {entry['max_abs_difference_between_folds']:.2e}); label voxels differing: "
               f"(a) vs argmax of that mean {entry['label_voxels_differing_a_vs_argmax_of_mean']}, (a) vs "
               f"nnUNetv2_ensemble {entry['label_voxels_differing_a_vs_nnUNetv2_ensemble']} of {entry['voxels']}")
         if "label_voxels_differing_a_once_vs_a" in entry:
-            print(f"  (a') vs (a): probabilities differ by up to {entry['max_abs_probability_difference_a_once_vs_a']:.3f}"
+            print(f"  (a') vs (a): probabilities differ by up to "
+                  f"{entry['max_abs_probability_difference_a_once_vs_a']:.3f}"
                   f" (mean {entry['mean_abs_probability_difference_a_once_vs_a']:.2e}); "
                   f"{entry['label_voxels_differing_a_once_vs_a']} of {entry['voxels']} label voxels "
                   f"differ ({100 * entry['label_voxels_differing_a_once_vs_a'] / entry['voxels']:.3f} %); Dice per "

@@ -2,7 +2,8 @@
 
 Run through ``bash benchmarks/gpu_check.sh OUTDIR`` (which finds the venv). Stages, most important first, each a
 separate process with a time cap, all under one overall budget (default 400 s of stage time, so that with the data set's
-preparation the whole check stays under 8 minutes on one datacenter GPU; a stage that hits its cap is recorded as timed out and the next runs):
+preparation the whole check stays under 8 minutes on one datacenter GPU; a stage that hits its cap is recorded as
+timed out and the next runs):
 
 1. ``overhead``: ``benchmarks/overhead.py --device cuda`` at nnU-Net's BTCV 3d_fullres plan (patch 48x192x192,
    batch 2): step time and ``torch.cuda.max_memory_allocated`` of baseline, straightforward and lean Pool Skip,
@@ -202,7 +203,8 @@ def markdown(results: dict) -> str:
                          f"{', '.join(f'{t:.1f}' for t in f.get('epoch_seconds', [])) or '-'} | "
                          f"{_fmt('s', f.get('wall_seconds_including_validation'))} | "
                          f"{_fmt('mib', f.get('cuda_max_memory_allocated_mib'))} | "
-                         f"{_fmt('mib', f.get('cuda_max_memory_reserved_mib'))} | {_fmt('mib', f.get('peak_rss_mib'))} |")
+                         f"{_fmt('mib', f.get('cuda_max_memory_reserved_mib'))} | "
+                         f"{_fmt('mib', f.get('peak_rss_mib'))} |")
         lines.append("")
     record = stages.get("ensemble")
     if record:

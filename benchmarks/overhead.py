@@ -456,7 +456,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     strides = arch_kwargs["strides"]
     check_patch(patch, strides)
 
-    networks, n_wrapped = build_networks(arch_class, arch_kwargs, requires_import, 1, args.num_classes, device, args.seed)
+    networks, n_wrapped = build_networks(arch_class, arch_kwargs, requires_import, 1, args.num_classes, device,
+                                         args.seed)
     data, targets = make_batch(batch, patch, strides, args.num_classes, device, args.seed)
     loss = deep_supervision_loss(len(targets))
     synchronize = (lambda: torch.cuda.synchronize(device)) if on_cuda else (lambda: None)

@@ -19,9 +19,21 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from nnunet_poolskip.benchmark.config import BenchmarkConfig, BenchmarkError
-from nnunet_poolskip.benchmark.evidence import (DIFFERENCES_FIGURE, ES_CSV, ES_FIGURE, DiagnosedRun, es_rows,
-                                                es_section, pair_compare_folder, plot_es_pair, seed_csv_columns,
-                                                seed_section, seed_spreads, statistics_section, write_es_csv)
+from nnunet_poolskip.benchmark.evidence import (
+    DIFFERENCES_FIGURE,
+    ES_CSV,
+    ES_FIGURE,
+    DiagnosedRun,
+    es_rows,
+    es_section,
+    pair_compare_folder,
+    plot_es_pair,
+    seed_csv_columns,
+    seed_section,
+    seed_spreads,
+    statistics_section,
+    write_es_csv,
+)
 from nnunet_poolskip.benchmark.prepare import file_ending
 from nnunet_poolskip.benchmark.profiles import Settings
 from nnunet_poolskip.benchmark.protocol import CONFIGURATION, Model
@@ -236,8 +248,13 @@ class Finish:
         """``compare`` for all models and for each Pool Skip model against its own baseline (the paper's
         layout), then table.md / table.csv with the run's protocol and status above the numbers and the evidence
         sections below them, and the figures."""
-        from nnunet_poolskip.benchmark.report import (baseline_pairs, comparison_groups, compose_tables,
-                                                      figure_caveat, short_title)
+        from nnunet_poolskip.benchmark.report import (
+            baseline_pairs,
+            comparison_groups,
+            compose_tables,
+            figure_caveat,
+            short_title,
+        )
 
         compare_root = self.config.output / "compare"
         caveat = figure_caveat(self.config)

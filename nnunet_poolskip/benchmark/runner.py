@@ -28,7 +28,6 @@ from nnunet_poolskip.benchmark.train import Training
 from nnunet_poolskip.training.schedule import SEED_VARIABLE
 
 
-
 def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -184,8 +183,9 @@ class BenchmarkRunner:
         old_key = previous.get("protocol_key")
         if old_key is not None and old_key != key:
             changed = {k: (old_key.get(k), v) for k, v in key.items() if old_key.get(k) != v}
+            changes = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items())
             raise BenchmarkError(
-                f"{self.config.output} holds a run made with other settings ({', '.join(f'{k}: {a} -> {b}' for k, (a, b) in changed.items())}); "
+                f"{self.config.output} holds a run made with other settings ({changes}); "
                 f"rerun with the same settings to continue it, or choose another --output")
         old_target = previous.get("dataset", {})
         if old_target and (old_target.get("id") != self.config.target.dataset_id
@@ -229,7 +229,8 @@ class BenchmarkRunner:
         data = f"synthetic {c.target.kind.upper()}-like phantoms ({s.synthetic_cases} cases)" if c.synthetic \
             else (str(c.raw_source) if c.raw_source else "already converted")
         self.say(f"  data set: {c.target.label} (id {c.target.dataset_id}), from {data}")
-        self.say(f"  output: {c.output}   nnU-Net folders: {self.ws.raw.parent if self.ws.raw.parent == self.ws.results.parent else self.ws.variables()}")
+        folders = self.ws.raw.parent if self.ws.raw.parent == self.ws.results.parent else self.ws.variables()
+        self.say(f"  output: {c.output}   nnU-Net folders: {folders}")
         if not c.verbose:
             self.say(f"  full logs: {c.output / 'logs'}/ (one file per step; --verbose shows them here instead)")
 

@@ -19,7 +19,6 @@ from nnunet_poolskip.benchmark.runinfo import RunRecord
 from nnunet_poolskip.benchmark.training_runs import format_duration
 from nnunet_poolskip.benchmark.workspace import step_environment
 
-
 HEARTBEAT_SECONDS = 50.0
 """Longest silence on the console while a step runs (without --verbose): then a "still running" line."""
 

@@ -12,9 +12,17 @@ from typing import Dict, List, Optional, Tuple
 from nnunet_poolskip.benchmark.config import BenchmarkConfig, BenchmarkError
 from nnunet_poolskip.benchmark.steps import RunningStep, StepFailed, Steps
 from nnunet_poolskip.benchmark.training_log import read_epochs
-from nnunet_poolskip.benchmark.training_runs import (NNUNET_SCHEDULE, FoldState, TrainingRun, format_duration,
-                                                     model_folder, planned_runs, schedule_mismatch,
-                                                     set_aside_unreadable_checkpoints, train_command)
+from nnunet_poolskip.benchmark.training_runs import (
+    NNUNET_SCHEDULE,
+    FoldState,
+    TrainingRun,
+    format_duration,
+    model_folder,
+    planned_runs,
+    schedule_mismatch,
+    set_aside_unreadable_checkpoints,
+    train_command,
+)
 from nnunet_poolskip.benchmark.workspace import executable
 from nnunet_poolskip.training.schedule import THREADS_VARIABLE
 

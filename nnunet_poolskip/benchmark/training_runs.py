@@ -201,9 +201,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     """``python -m nnunet_poolskip.benchmark.training_runs FOLD_FOLDER``: set truncated checkpoints aside and print
     the fold's state (new, resume, validate, done). The SLURM training jobs use it, so that they and the
     local runner decide the same way."""
-    import sys
-
     import argparse
+    import sys
 
     parser = argparse.ArgumentParser(prog="python -m nnunet_poolskip.benchmark.training_runs",
                                      description="print a fold's state: new, resume, validate or done")

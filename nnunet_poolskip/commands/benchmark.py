@@ -58,16 +58,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     protocol.add_argument("--num-gpus", type=int,
                           help="GPUs per training run, passed to nnUNetv2_train -num_gpus (nnU-Net's DDP)")
     protocol.add_argument("--epochs", type=int, help=f"training epochs ({_defaults('epochs', '1000, nnU-Net')})")
-    protocol.add_argument("--iterations", type=int, help=f"training iterations per epoch ({_defaults('iterations', '250, nnU-Net')})")
-    protocol.add_argument("--val-iterations", type=int, help=f"validation iterations per epoch ({_defaults('val_iterations', '50, nnU-Net')})")
-    protocol.add_argument("--plans-preset", help=f"derive plans with this preset of plans/ or a preset JSON file, 'none' for "
-                                                 f"nnU-Net's own plans ({_defaults('plans_preset', 'none')})")
-    protocol.add_argument("--cases", type=int, help=f"number of synthetic phantoms ({_defaults('synthetic_cases', 'none, --raw needed')})")
+    protocol.add_argument("--iterations", type=int,
+                          help=f"training iterations per epoch ({_defaults('iterations', '250, nnU-Net')})")
+    protocol.add_argument("--val-iterations", type=int,
+                          help=f"validation iterations per epoch ({_defaults('val_iterations', '50, nnU-Net')})")
+    protocol.add_argument("--plans-preset",
+                          help=f"derive plans with this preset of plans/ or a preset JSON file, 'none' for "
+                               f"nnU-Net's own plans ({_defaults('plans_preset', 'none')})")
+    protocol.add_argument("--cases", type=int,
+                          help=f"number of synthetic phantoms ({_defaults('synthetic_cases', 'none, --raw needed')})")
     protocol.add_argument("--seed", type=int, help=f"seed of the synthetic phantoms ({_defaults('synth_seed')})")
     protocol.add_argument("--phantom-size", type=int, nargs=3, metavar=("Z", "Y", "X"),
                           help=f"nominal voxel grid of the synthetic phantoms "
                                f"({_defaults('synth_size', ' '.join(map(str, DEFAULT_SIZE)) + ', synth')})")
-    protocol.add_argument("--preprocess-processes", type=int, help=f"nnUNetv2_plan_and_preprocess -np and -npfp ({_defaults('preprocess_processes')})")
+    protocol.add_argument("--preprocess-processes", type=int,
+                          help=f"nnUNetv2_plan_and_preprocess -np and -npfp ({_defaults('preprocess_processes')})")
     tta = protocol.add_mutually_exclusive_group()
     tta.add_argument("--tta", dest="tta", action="store_true", default=None,
                      help=f"mirrored test-time inference ({_defaults('test_time_mirroring')})")

@@ -39,8 +39,12 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from nnunet_poolskip.dataset_conversion.labels import download_name_aliases
-    from nnunet_poolskip.evaluation.evaluate_predictions import (EvaluationInputError, evaluate_folders,
-                                                                 labels_from_dataset_json, write_case_csv)
+    from nnunet_poolskip.evaluation.evaluate_predictions import (
+        EvaluationInputError,
+        evaluate_folders,
+        labels_from_dataset_json,
+        write_case_csv,
+    )
     from nnunet_poolskip.evaluation.nsd_tolerances import DEFAULT_TOLERANCE_MM, resolve_tolerances
     from nnunet_poolskip.utilities.atomic import check_output_path, write_json_atomic
 

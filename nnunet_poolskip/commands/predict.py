@@ -63,9 +63,16 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from nnunet_poolskip.inference.softmax_ensemble import (AVERAGES, PredictionInputError, SoftmaxFoldEnsemble,
-                                                            case_outputs, check_case_images, check_model_folder,
-                                                            group_case_files, parse_folds)
+    from nnunet_poolskip.inference.softmax_ensemble import (
+        AVERAGES,
+        PredictionInputError,
+        SoftmaxFoldEnsemble,
+        case_outputs,
+        check_case_images,
+        check_model_folder,
+        group_case_files,
+        parse_folds,
+    )
     from nnunet_poolskip.utilities.atomic import OutputPathError, check_output_path, write_json_atomic
 
     prefix = "nnunet-poolskip predict: error:"

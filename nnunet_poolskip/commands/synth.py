@@ -16,8 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="number of labelled cases (default: 30 for btcv, 24 for amos)")
     parser.add_argument("--seed", type=int, default=0, help="base seed; a case depends only on seed, kind and number")
     parser.add_argument("--size", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
-                        help="nominal voxel grid of a case (default 40 64 64: 4.7 mm in-plane, 7 mm (btcv) or 10 mm (amos) "
-                             "slices); "
+                        help="nominal voxel grid of a case (default 40 64 64: 4.7 mm in-plane, 7 mm (btcv) or "
+                             "10 mm (amos) slices); "
                              "sizes vary by about 10%% per case; the field of view stays the same")
     parser.add_argument("--mri-cases", type=int, default=None,
                         help="amos only: how many of the cases are MRI (numbers from 501; default cases // 6)")

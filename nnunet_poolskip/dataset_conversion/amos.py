@@ -16,13 +16,28 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
-from nnunet_poolskip.dataset_conversion.checks import (ConversionError, SourceCase, check_unique_ids,
-                                                       pair_images_and_labels, scan_nifti_folder)
+from nnunet_poolskip.dataset_conversion.checks import (
+    ConversionError,
+    SourceCase,
+    check_unique_ids,
+    pair_images_and_labels,
+    scan_nifti_folder,
+)
 from nnunet_poolskip.dataset_conversion.labels import max_label, nnunet_labels
-from nnunet_poolskip.dataset_conversion.layouts import (AMOS_CASE_PATTERN, AMOS_LABELLED_FOLDERS, AMOS_MRI_MIN_NUMBER,
-                                                        amos_case_id, amos_modality, split_nifti_name)
-from nnunet_poolskip.dataset_conversion.raw_dataset import (ConversionResult, convert_dataset, dataset_folder_name,
-                                                            summarize)
+from nnunet_poolskip.dataset_conversion.layouts import (
+    AMOS_CASE_PATTERN,
+    AMOS_LABELLED_FOLDERS,
+    AMOS_MRI_MIN_NUMBER,
+    amos_case_id,
+    amos_modality,
+    split_nifti_name,
+)
+from nnunet_poolskip.dataset_conversion.raw_dataset import (
+    ConversionResult,
+    convert_dataset,
+    dataset_folder_name,
+    summarize,
+)
 
 DEFAULT_DATASET_ID = 218
 SPLIT_DATASET = "AMOS2022"

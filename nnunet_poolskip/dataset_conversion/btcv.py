@@ -1,8 +1,8 @@
 """Convert the BTCV download (``RawData/Training/{img,label}``) to an nnU-Net raw data set with a test set.
 
 Output: ``<nnUNet_raw>/DatasetXXX_BTCV`` with imagesTr/labelsTr (train+val), imagesTs/labelsTs (test),
-dataset.json (the 13 labels of ``nnunet_poolskip.dataset_conversion.labels``, channel "CT", i.e. nnU-Net's CT normalisation),
-splits_final.json (5 folds) and nnunet_poolskip_conversion.json (split and provenance). Files are copied
+dataset.json (the 13 labels of ``nnunet_poolskip.dataset_conversion.labels``, channel "CT", i.e. nnU-Net's CT
+normalisation), splits_final.json (5 folds) and nnunet_poolskip_conversion.json (split and provenance). Files are copied
 byte for byte, so their geometry is the source's. See ``nnunet_poolskip.dataset_conversion.raw_dataset`` for the checks.
 """
 from __future__ import annotations
@@ -11,11 +11,21 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
-from nnunet_poolskip.dataset_conversion.checks import (ConversionError, SourceCase, pair_images_and_labels,
-                                                       scan_nifti_folder)
+from nnunet_poolskip.dataset_conversion.checks import (
+    ConversionError,
+    SourceCase,
+    pair_images_and_labels,
+    scan_nifti_folder,
+)
 from nnunet_poolskip.dataset_conversion.labels import max_label, nnunet_labels
-from nnunet_poolskip.dataset_conversion.layouts import (BTCV_IMAGE_PATTERN, BTCV_LABEL_PATTERN, BTCV_RAW_ROOT,
-                                                        BTCV_TRAINING_IMAGES, BTCV_TRAINING_LABELS, btcv_case_id)
+from nnunet_poolskip.dataset_conversion.layouts import (
+    BTCV_IMAGE_PATTERN,
+    BTCV_LABEL_PATTERN,
+    BTCV_RAW_ROOT,
+    BTCV_TRAINING_IMAGES,
+    BTCV_TRAINING_LABELS,
+    btcv_case_id,
+)
 from nnunet_poolskip.dataset_conversion.raw_dataset import ConversionResult, convert_dataset, dataset_folder_name
 
 DEFAULT_DATASET_ID = 17

@@ -13,9 +13,10 @@ noise), stored as int16. AMOS cases with numbers above 500 are MRI-like (T1-like
 units, smooth bias field, Rician noise, a random global scale), int16 too.
 
 Geometry: anisotropic spacing (at the default grid: in-plane about 4.7 mm, slices about 7 mm for BTCV and 10 mm
-for AMOS, whose field of view reaches the pelvis), sizes that vary by case, a random origin, and a direction made of axis flips and a small rotation (AMOS MRI cases use
-another axis flip than CT ones, as real AMOS MRI differs in orientation). Anatomy is defined in patient
-coordinates (LPS: x to the patient's left, y posterior, z superior, mm), so the direction is honoured.
+for AMOS, whose field of view reaches the pelvis), sizes that vary by case, a random origin, and a direction made of
+axis flips and a small rotation (AMOS MRI cases use another axis flip than CT ones, as real AMOS MRI differs in
+orientation). Anatomy is defined in patient coordinates (LPS: x to the patient's left, y posterior, z superior, mm),
+so the direction is honoured.
 
 Everything is determined by (seed, kind, case number): a case does not change when more cases are made.
 """
@@ -32,12 +33,25 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from nnunet_poolskip.dataset_conversion.labels import AMOS_DOWNLOAD_LABEL_NAMES, label_table
-from nnunet_poolskip.dataset_conversion.layouts import (AMOS_MRI_MIN_NUMBER, BTCV_RAW_ROOT, BTCV_TESTING_FIRST_NUMBER,
-                                                        BTCV_TESTING_IMAGES, BTCV_TRAINING_IMAGES, BTCV_TRAINING_LABELS,
-                                                        BTCV_TRAINING_NUMBERS, amos_case_id, amos_modality,
-                                                        btcv_image_name, btcv_label_name)
-from nnunet_poolskip.utilities.atomic import (check_output_path, remove_stale_temporaries, replace_directory,
-                                              temporary_folder)
+from nnunet_poolskip.dataset_conversion.layouts import (
+    AMOS_MRI_MIN_NUMBER,
+    BTCV_RAW_ROOT,
+    BTCV_TESTING_FIRST_NUMBER,
+    BTCV_TESTING_IMAGES,
+    BTCV_TRAINING_IMAGES,
+    BTCV_TRAINING_LABELS,
+    BTCV_TRAINING_NUMBERS,
+    amos_case_id,
+    amos_modality,
+    btcv_image_name,
+    btcv_label_name,
+)
+from nnunet_poolskip.utilities.atomic import (
+    check_output_path,
+    remove_stale_temporaries,
+    replace_directory,
+    temporary_folder,
+)
 
 DEFAULT_SIZE = (40, 64, 64)  # nominal voxel grid (z, y, x); actual sizes vary by about +-10 % per case
 DEFAULT_CASES = {"btcv": 30, "amos": 24}

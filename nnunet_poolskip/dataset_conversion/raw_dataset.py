@@ -16,8 +16,13 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional
 
 from nnunet_poolskip.dataset_conversion.checks import ConversionError, SourceCase, check_unique_ids, validate_cases
 from nnunet_poolskip.dataset_conversion.splits import load_split_file, split_cases
-from nnunet_poolskip.utilities.atomic import (OutputPathError, check_output_path, remove_stale_temporaries,
-                                              replace_directory, temporary_folder)
+from nnunet_poolskip.utilities.atomic import (
+    OutputPathError,
+    check_output_path,
+    remove_stale_temporaries,
+    replace_directory,
+    temporary_folder,
+)
 
 RECORD_NAME = "nnunet_poolskip_conversion.json"
 SPLITS_NAME = "splits_final.json"

@@ -1,6 +1,7 @@
 """Test/train split files and the 5-fold cross-validation: deterministic, documented, stratified.
 
-A split file (JSON; shipped ones in ``nnunet_poolskip/dataset_conversion/split_files/<dataset>_split.json``) has the keys
+A split file (JSON; shipped ones in ``nnunet_poolskip/dataset_conversion/split_files/<dataset>_split.json``) has
+the keys
 
     dataset      optional; if present it must name the data set being converted ("BTCV", "AMOS2022")
     description, procedure, source   optional free text (what the split is, how it was made)

@@ -2,8 +2,8 @@
 
 - :func:`plot_layer_curves`: the paper's Figure 4 style: l2/l1 (and Hoyer, near-zero and dead-unit
   fractions) along the host conv layers in data-flow order, one line per model (colour, line style and
-  marker per model); Pool Skip inner convs as dotted lines with x markers at their host's position. l2/l1 is drawn on a log scale: it
-  scales like 1/sqrt(n) with the layer's weight count n, so 1x1 heads and transposed convs sit far
+  marker per model); Pool Skip inner convs as dotted lines with x markers at their host's position. l2/l1 is drawn
+  on a log scale: it scales like 1/sqrt(n) with the layer's weight count n, so 1x1 heads and transposed convs sit far
   above the 3x3x3 convs.
 - :func:`plot_history`: the evolution over the recorded epochs of training.
 Both write to a temporary name and rename, so a figure is either complete or absent, and put an optional caveat
@@ -99,7 +99,8 @@ def plot_history(models: Sequence[Dict], path: Union[str, os.PathLike], caveat: 
     epoch), and the mean and maximum l2/l1 over host convs against the epoch. Returns False (and
     writes nothing) when no model has a history. ``caveat``: a title line above the rows.
     """
-    from matplotlib import cm, colors as mcolors
+    from matplotlib import cm
+    from matplotlib import colors as mcolors
     from matplotlib.ticker import MaxNLocator
 
     with_history = [model for model in models if len(model.get("history") or []) > 0]

@@ -22,8 +22,13 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from nnunet_poolskip.evaluation.statistics import (FOREGROUND, SIGNIFICANCE_LEVEL, can_reach_significance,
-                                                  comparison_statistics, find)
+from nnunet_poolskip.evaluation.statistics import (
+    FOREGROUND,
+    SIGNIFICANCE_LEVEL,
+    can_reach_significance,
+    comparison_statistics,
+    find,
+)
 from nnunet_poolskip.utilities.atomic import write_json_atomic, write_text_atomic
 from nnunet_poolskip.utilities.figures import READER_WIDTH_INCHES, new_figure, save_figure, set_title
 
@@ -203,7 +208,8 @@ def _notes_block(summaries: Sequence[Mapping], names: Sequence[str], extra_notes
         if is_incomplete(summary):
             missing = summary.get("missing_predictions") or []
             lines.append(f"- {INCOMPLETE_MARK} {name}: incomplete"
-                         + (f" ({len(missing)} cases without prediction: {', '.join(missing[:10])})" if missing else ""))
+                         + (f" ({len(missing)} cases without prediction: {', '.join(missing[:10])})"
+                            if missing else ""))
         for note in summary.get("notes") or []:
             lines.append(f"- {name}: {note}")
     lines += [f"- {note}" for note in extra_notes]
@@ -477,8 +483,9 @@ ONE_MODEL_OUTPUTS = ("statistics", "differences_plot")
 """Written only when there is a second summary to compare with the first."""
 
 
-def compare_summaries(paths: Sequence[os.PathLike | str], names: Optional[Sequence[str]], output_folder: os.PathLike | str,
-                      title: Optional[str] = None, caveat: Optional[str] = None) -> Dict[str, Path]:
+def compare_summaries(paths: Sequence[os.PathLike | str], names: Optional[Sequence[str]],
+                      output_folder: os.PathLike | str, title: Optional[str] = None,
+                      caveat: Optional[str] = None) -> Dict[str, Path]:
     """Write Table 3 (Markdown, CSV), the per-organ tables (Markdown, CSV), statistics.json and the two figures into
     ``output_folder``.
 

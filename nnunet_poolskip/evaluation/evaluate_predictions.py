@@ -215,7 +215,8 @@ def evaluate_folders(reference_folder: os.PathLike | str, prediction_folder: os.
     missing = sorted(set(references) - set(predictions))
     if missing and not allow_missing:
         raise EvaluationInputError(f"{len(missing)} of {len(references)} cases have no prediction in "
-                                   f"{prediction_folder}: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}"
+                                   f"{prediction_folder}: {', '.join(missing[:10])}"
+                                   f"{' ...' if len(missing) > 10 else ''}"
                                    f" (use --allow-missing to evaluate the others)")
     extra = sorted(set(predictions) - set(references))
     if extra:
@@ -223,7 +224,8 @@ def evaluate_folders(reference_folder: os.PathLike | str, prediction_folder: os.
               file=sys.stderr)
     cases = [c for c in references if c in predictions]
     if not cases:
-        raise EvaluationInputError(f"none of the {len(references)} reference cases has a prediction in {prediction_folder}")
+        raise EvaluationInputError(f"none of the {len(references)} reference cases has a prediction in "
+                                   f"{prediction_folder}")
 
     # Headers and complete files first: a geometry error or a truncated file (which SimpleITK would read as
     # zeros) should not surface after an hour of NSD computations, nor be scored at all.

@@ -73,7 +73,8 @@ def load_tolerance_table(spec: str) -> Tuple[Dict[int, float], Dict[str, float],
             by_name[normalize_organ_name(key)] = mm
     for alias, target in aliases.items():
         if normalize_organ_name(str(target)) not in by_name:
-            raise ValueError(f"NSD tolerance table {path}: alias {alias!r} points to {target!r}, which has no tolerance")
+            raise ValueError(f"NSD tolerance table {path}: alias {alias!r} points to {target!r}, "
+                             f"which has no tolerance")
         by_name[normalize_organ_name(alias)] = by_name[normalize_organ_name(str(target))]
     return by_label, by_name, (path.stem[len(PRESET_PREFIX):] if path.parent == PRESETS_FOLDER else str(path))
 

@@ -20,8 +20,12 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from nnunet_poolskip.evaluation.comparison_tables import (CompareInputError, check_comparable, is_incomplete,
-                                                          load_summary)
+from nnunet_poolskip.evaluation.comparison_tables import (
+    CompareInputError,
+    check_comparable,
+    is_incomplete,
+    load_summary,
+)
 from nnunet_poolskip.evaluation.evaluate_predictions import summarize
 from nnunet_poolskip.evaluation.metrics import METRICS
 

@@ -39,7 +39,7 @@ from dynamic_network_architectures.building_blocks.simple_conv_blocks import Con
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 
-from nnunet_poolskip.nn.pool_skip import POOL_SKIP_CLASSES, VARIANTS, as_per_axis, as_int, is_pool_skip
+from nnunet_poolskip.nn.pool_skip import POOL_SKIP_CLASSES, VARIANTS, as_int, as_per_axis, is_pool_skip
 
 SUPPORTED_NETWORKS = (PlainConvUNet, ResidualEncoderUNet)
 STAGE_CHOICES = ("all", "all_but_last")

@@ -9,11 +9,24 @@ import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_poolskip.diagnostics.history import (DIAG_EVERY_VARIABLE, HISTORY_FILENAME, append_record,
-                                                 diagnostics_every, should_record, truncate_history, weight_record)
-from nnunet_poolskip.training.schedule import (SEED_VARIABLE, THREADS_VARIABLE, VALIDATION_MIRRORING_VARIABLE,
-                                                schedule_overrides, seed_from_environment, torch_threads,
-                                                validation_mirroring)
+from nnunet_poolskip.diagnostics.history import (
+    DIAG_EVERY_VARIABLE,
+    HISTORY_FILENAME,
+    append_record,
+    diagnostics_every,
+    should_record,
+    truncate_history,
+    weight_record,
+)
+from nnunet_poolskip.training.schedule import (
+    SEED_VARIABLE,
+    THREADS_VARIABLE,
+    VALIDATION_MIRRORING_VARIABLE,
+    schedule_overrides,
+    seed_from_environment,
+    torch_threads,
+    validation_mirroring,
+)
 
 
 class nnUNetTrainerBaseline(nnUNetTrainer):

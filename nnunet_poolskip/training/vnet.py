@@ -26,8 +26,15 @@ from nnunetv2.utilities.label_handling.label_handling import determine_num_input
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
-from nnunet_poolskip.nn.vnet import (MONAI_FEATURES_BASE, PAPER_POOL_SKIP_STAGES, PATCH_DIVISOR, build_vnet,
-                                     check_input_channels, inject_pool_skip_vnet, vnet_patch_size)
+from nnunet_poolskip.nn.vnet import (
+    MONAI_FEATURES_BASE,
+    PAPER_POOL_SKIP_STAGES,
+    PATCH_DIVISOR,
+    build_vnet,
+    check_input_channels,
+    inject_pool_skip_vnet,
+    vnet_patch_size,
+)
 from nnunet_poolskip.training.base import nnUNetTrainerBaseline
 
 FEATURES_BASE_KEY = "vnet_features_base"

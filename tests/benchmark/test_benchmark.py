@@ -19,18 +19,23 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import BIN
 from toydata import write_toy_dataset
+
 from nnunet_poolskip.benchmark.finish import Finish
 from nnunet_poolskip.benchmark.profiles import resolve_settings
 from nnunet_poolskip.benchmark.protocol import MODELS, PAPER_MODELS, parse_models, resolve_model
-from nnunet_poolskip.benchmark.training_log import read_epochs
-from nnunet_poolskip.benchmark.training_runs import (FoldState, checkpoint_readable,
-                                                     fold_state, planned_runs, set_aside_unreadable_checkpoints,
-                                                     train_command)
 from nnunet_poolskip.benchmark.runinfo import RunRecord
 from nnunet_poolskip.benchmark.steps import Steps
+from nnunet_poolskip.benchmark.training_log import read_epochs
+from nnunet_poolskip.benchmark.training_runs import (
+    FoldState,
+    checkpoint_readable,
+    fold_state,
+    planned_runs,
+    set_aside_unreadable_checkpoints,
+    train_command,
+)
 from nnunet_poolskip.benchmark.workspace import NNUNET_FOLDERS, Workspace, parse_dataset, step_environment
 from nnunet_poolskip.cli import build_parser, main
 from nnunet_poolskip.commands.benchmark import build_config
@@ -157,7 +162,8 @@ def test_seed_spread_table_and_sentence(tmp_path):
                                                                                                               abs=1e-5)
     lines = seed_section(models, spreads, [(models[0], models[1])])
     assert "| nnU-Net | 61.00 | 64.00 | 58.00 | 61.00 | 3.00 |" in lines
-    assert lines[-1] == (f"nnU-Net + Pool Skip vs nnU-Net: the difference of the seed means, {difference:+.2f} points, is "
+    assert lines[-1] == (f"nnU-Net + Pool Skip vs nnU-Net: the difference of the seed means, "
+                         f"{difference:+.2f} points, is "
                          f"larger than the spread between seeds (SD over 3 seeds: {100 * max(base_sd, model_sd):.2f} "
                          f"points, the larger of the two models' SDs).")
     assert seed_csv_columns(spreads)["dice_seed_sd_percent"]["nnunet"] == f"{100 * base_sd:.4f}"
@@ -392,8 +398,8 @@ def test_slurm_scripts_for_amos_on_gpus(tmp_path):
     assert f"export nnUNet_results={tmp_path / 'work' / 'nnUNet_results'}" in env_sh
     assert re.search(r"^export nnUNet_extTrainer=\S*trainers", env_sh, re.M)
     for stage in ("prepare", "finish"):
-        line = [l for l in (folder / f"{stage}.sbatch").read_text().splitlines()
-                if l.startswith("nnunet-poolskip benchmark")]
+        line = [text for text in (folder / f"{stage}.sbatch").read_text().splitlines()
+                if text.startswith("nnunet-poolskip benchmark")]
         assert len(line) == 1 and line[0].endswith(f"--stage {stage}")
         assert "--dataset amos" in line[0] and "--profile paper" in line[0] and "--num-gpus 2" in line[0]
     submit = (folder / "submit.sh").read_text()
@@ -459,7 +465,8 @@ def test_slurm_array_has_one_task_per_model_fold_and_seed(tmp_path):
                   "0", "1", "--plans-preset", "cpu_small")
     train = (folder / "train.sbatch").read_text()
     results = tmp_path / "work" / "nnUNet_results"
-    tasks = re.findall(r"^\s*(\d+)\) MODEL=(\w+); TRAINER=(\w+); FOLD=(\d+); SEED=(\d+); RESULTS=(\S+) ;;$", train, re.M)
+    tasks = re.findall(r"^\s*(\d+)\) MODEL=(\w+); TRAINER=(\w+); FOLD=(\d+); SEED=(\d+); RESULTS=(\S+) ;;$",
+                       train, re.M)
     assert [(m, f, seed, r) for _, m, _, f, seed, r in tasks] == [
         (m, "0", seed, str(results / f"seed_{seed}")) for seed in "01" for m in ("nnunet", "nnunet_poolskip")]
     assert "#SBATCH --array=0-3" in train
@@ -542,7 +549,8 @@ def run_until_second_epoch_then_kill(argv, env, log_path: Path, fold: Path) -> F
     training it started died with it, and return the fold's state at the kill. The trainings run one at a time
     (the demo profile's two at a time would leave the other run's state to chance)."""
     log = open(log_path, "w")
-    proc = subprocess.Popen([*argv, "--parallel-trainings", "1"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen([*argv, "--parallel-trainings", "1"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
     try:
         deadline = time.time() + 900
         # nnU-Net logs "Epoch 1" after saving the checkpoints of epoch 0: a complete checkpoint_best.pth exists
@@ -638,8 +646,8 @@ def test_scaled_down_benchmark_killed_mid_training_then_resumed(tmp_path):
             assert math.isfinite(value) and 0.0 <= value <= 100.0
             assert value == pytest.approx(100 * summary["foreground_mean"][metric], abs=1e-3)
         assert (row["folds"], row["epochs"], row["smoke_scale"], row["run_complete"]) == ("0 1", "2", "true", "true")
-    assert float(rows[1]["delta_dice"]) == pytest.approx(float(rows[1]["dice_percent"]) - float(rows[0]["dice_percent"]),
-                                                         abs=2e-3)
+    assert float(rows[1]["delta_dice"]) == pytest.approx(
+        float(rows[1]["dice_percent"]) - float(rows[0]["dice_percent"]), abs=2e-3)
     table = (out / "table.md").read_text()
     assert "SMOKE-SCALE RUN ON SYNTHETIC PHANTOMS: NOT A REPRODUCTION" in table
     assert "2 fold(s) (0 1) instead of the paper's 5" in table and "Status: complete" in table
@@ -679,7 +687,8 @@ def test_scaled_down_benchmark_killed_mid_training_then_resumed(tmp_path):
         final = torch.load(models / "nnUNetTrainerPoolSkip__nnUNetPlansCPU__3d_fullres" / f"fold_{fold}" /
                            "checkpoint_final.pth", map_location="cpu", weights_only=False)
         assert tuple(final["inference_allowed_mirroring_axes"]) == (0, 1, 2)
-    assert "NNUNET_POOLSKIP_THREADS" not in steps["train/nnUNetTrainerBaseline/fold_0"]["env"]  # first run: one at a time
+    # first run: one at a time
+    assert "NNUNET_POOLSKIP_THREADS" not in steps["train/nnUNetTrainerBaseline/fold_0"]["env"]
 
     # 4) another protocol into the same folder is refused before any work
     assert main(["benchmark", *SCALED_DOWN, "--epochs", "3", "--split-file", str(split), "--output", str(out)]) == 2
@@ -717,7 +726,8 @@ def test_benchmark_with_seeds_killed_in_the_second_seed_then_resumed(tmp_path):
     trainers = {"nnunet": "nnUNetTrainerBaseline", "nnunet_poolskip": "nnUNetTrainerPoolSkip"}
 
     def fold(seed: int, model: str) -> Path:
-        return results / f"seed_{seed}" / "Dataset017_BTCV" / f"{trainers[model]}__nnUNetPlansCPU__3d_fullres" / "fold_0"
+        return (results / f"seed_{seed}" / "Dataset017_BTCV" / f"{trainers[model]}__nnUNetPlansCPU__3d_fullres"
+                / "fold_0")
 
     state_at_kill = run_until_second_epoch_then_kill(argv, clean_env(), tmp_path / "first_run.log", fold(1, "nnunet"))
     assert all(fold_state(fold(0, m)) == FoldState.DONE for m in trainers)
@@ -780,7 +790,8 @@ def test_benchmark_with_seeds_killed_in_the_second_seed_then_resumed(tmp_path):
     for row in es:
         report = json.loads(Path(row["diagnostics"]).read_text())
         report = report if row["model"] == "nnunet" else report["compare"][0]
-        ratios = [l["l2_l1"] for l in report["layers"] if l["kind"] == "host" and is_encoder_stage(l["stage"])]
+        ratios = [layer["l2_l1"] for layer in report["layers"]
+                  if layer["kind"] == "host" and is_encoder_stage(layer["stage"])]
         assert float(row["l2_l1_median"]) == pytest.approx(float(np.median(ratios)), rel=1e-5)
     assert "## Elimination singularities" in table and "| nnU-Net + Pool Skip | 2 |" in table
     for name in ("training_curves.png", "overlays.png", "differences_nnunet_poolskip.png",

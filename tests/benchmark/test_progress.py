@@ -3,8 +3,8 @@ left, the "still running" heartbeat of long steps, and the lock file it removes 
 from __future__ import annotations
 
 import argparse
-import json
 import io
+import json
 import math
 import os
 import sys

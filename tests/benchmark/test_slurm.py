@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import pytest
-
 from conftest import BIN, run_cli
+from test_benchmark import SCALED_DOWN, clean_env
+
 from nnunet_poolskip.benchmark.protocol import MODELS
 from nnunet_poolskip.benchmark.slurm import SUBMITTED
 from nnunet_poolskip.benchmark.training_runs import FoldState, checkpoint_readable, fold_state
-from test_benchmark import SCALED_DOWN, clean_env
 
 CLUSTER_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "slurm_local_cluster.sh"
 REQUIRED = os.environ.get("NNUNET_POOLSKIP_SLURM_REQUIRED") == "1"

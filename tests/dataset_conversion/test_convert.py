@@ -15,8 +15,8 @@ from typing import Dict, List
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import nnunet_env, run_cli
+
 from nnunet_poolskip.dataset_conversion import raw_dataset
 from nnunet_poolskip.dataset_conversion.amos import convert_amos
 from nnunet_poolskip.dataset_conversion.btcv import convert_btcv

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import run_cli
+
 from nnunet_poolskip.dataset_conversion.phantoms import synthesize_case
 
 # DESIGN.md's tables, written out here as the independent expectation.

@@ -9,16 +9,30 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 from torch import nn
 
-from conftest import run_cli
 from nnunet_poolskip import cli
-from nnunet_poolskip.diagnostics.history import (DIAG_EVERY_VARIABLE, HISTORY_FILENAME, append_record,
-                                                 diagnostics_every, read_history, should_record, truncate_history,
-                                                 weight_record)
-from nnunet_poolskip.diagnostics.layer_statistics import (NEAR_ZERO_FACTOR, conv_layers, dead_units, encoder_summary,
-                                                          is_encoder_stage, layer_diagnostics, weight_statistics)
+from nnunet_poolskip.diagnostics.history import (
+    DIAG_EVERY_VARIABLE,
+    HISTORY_FILENAME,
+    append_record,
+    diagnostics_every,
+    read_history,
+    should_record,
+    truncate_history,
+    weight_record,
+)
+from nnunet_poolskip.diagnostics.layer_statistics import (
+    NEAR_ZERO_FACTOR,
+    conv_layers,
+    dead_units,
+    encoder_summary,
+    is_encoder_stage,
+    layer_diagnostics,
+    weight_statistics,
+)
 from nnunet_poolskip.nn.inject import inject_pool_skip
 from nnunet_poolskip.nn.pool_skip import PoolSkip3d
 
@@ -289,14 +303,14 @@ def test_diagnose_compares_pool_skip_and_baseline(toy_workspace, tmp_path):
             expects_units = layer["kind"] == "host" and ".convs." in layer["name"]
             assert (layer["dead_fraction"] is not None) == expects_units, layer["name"]
     ps_layers, base_layers = report["layers"], report["compare"][0]["layers"]
-    assert [l["name"] for l in ps_layers if l["kind"] == "host"] == [l["name"] for l in base_layers]
-    assert not any(l["kind"] == "poolskip" for l in base_layers)
-    assert sum(l["kind"] == "poolskip" for l in ps_layers) == sum(l["has_pool_skip"] for l in ps_layers
-                                                                  if l["kind"] == "host") > 0
+    assert [la["name"] for la in ps_layers if la["kind"] == "host"] == [la["name"] for la in base_layers]
+    assert not any(la["kind"] == "poolskip" for la in base_layers)
+    assert sum(la["kind"] == "poolskip" for la in ps_layers) == sum(la["has_pool_skip"] for la in ps_layers
+                                                                    if la["kind"] == "host") > 0
     # the ratios against numpy on the checkpoint's own tensors
     weights = torch.load(pool_skip / "fold_0" / "checkpoint_final.pth", map_location="cpu",
                          weights_only=False)["network_weights"]
-    inner = next(l for l in ps_layers if l["kind"] == "poolskip")
+    inner = next(la for la in ps_layers if la["kind"] == "poolskip")
     key = inner["host"][: -len("conv")] + "all_modules.1.conv.weight"
     l2_l1, hoyer, near = numpy_sparsity(weights[key].numpy())
     assert (inner["l2_l1"], inner["hoyer"]) == (pytest.approx(l2_l1, rel=1e-12), pytest.approx(hoyer, rel=1e-12))

@@ -7,8 +7,8 @@ import shutil
 
 import matplotlib.image
 import pytest
-
 from conftest import short_schedule_env
+
 from nnunet_poolskip.diagnostics import training_curves
 from nnunet_poolskip.diagnostics.training_curves import TrainingLogError, plot_training_curves, read_training_log
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import matplotlib.image
 import pytest
-
 from conftest import run_cli
+
 from nnunet_poolskip.cli import main
 from nnunet_poolskip.evaluation.evaluate_predictions import summarize
 
@@ -60,7 +60,8 @@ def test_table3_values_and_deltas(tmp_path, summaries):
 
     rows = list(csv.DictReader((out / "table3.csv").open()))
     assert [r["model"] for r in rows] == ["nnUNet", "nnUNet+PoolSkip", "short"]
-    assert float(rows[1]["dice_percent"]) == pytest.approx(81.25) and float(rows[1]["delta_dice"]) == pytest.approx(8.75)
+    assert float(rows[1]["dice_percent"]) == pytest.approx(81.25)
+    assert float(rows[1]["delta_dice"]) == pytest.approx(8.75)
     assert float(rows[1]["delta_miou"]) == pytest.approx(4.375) and rows[0]["delta_dice"] == ""
     assert [r["incomplete"] for r in rows] == ["false", "false", "true"]
     assert [r["n_cases"] for r in rows] == ["2", "2", "1"]

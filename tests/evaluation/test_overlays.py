@@ -10,8 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_poolskip.evaluation import overlays
-from nnunet_poolskip.evaluation.overlays import (CT_WINDOW_HU, OverlayInputError, case_views, plot_overlays,
-                                                 select_cases)
+from nnunet_poolskip.evaluation.overlays import CT_WINDOW_HU, OverlayInputError, case_views, plot_overlays, select_cases
 
 SPACING = (0.7, 1.4, 3.0)  # x, y, z in mm: anisotropic in plane too, so a wrong aspect shows
 ORIGIN = (-20.0, 10.0, 5.0)

@@ -11,10 +11,10 @@ from typing import Dict, List, Tuple
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import BIN
-from nnunet_poolskip.cli import main
 from toydata import toy_case, write_toy_dataset
+
+from nnunet_poolskip.cli import main
 
 TRAINER = "nnUNetTrainerPoolSkip"
 

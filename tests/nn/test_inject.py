@@ -16,7 +16,8 @@ NORM = {"eps": 1e-5, "affine": True}
 def btcv_like_unet(deep_supervision: bool = True) -> PlainConvUNet:
     """6 stages, 32..320 features, 2 convs per stage, 14 classes (nnU-Net's BTCV 3d_fullres shape)."""
     return PlainConvUNet(1, 6, [32, 64, 128, 256, 320, 320], nn.Conv3d,
-                         [[1, 3, 3]] + [[3, 3, 3]] * 5, [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2], [1, 2, 2]],
+                         [[1, 3, 3]] + [[3, 3, 3]] * 5,
+                         [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2], [1, 2, 2]],
                          2, 14, 2, True, nn.InstanceNorm3d, NORM, None, None, nn.LeakyReLU, {"inplace": True},
                          deep_supervision=deep_supervision)
 

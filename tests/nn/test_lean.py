@@ -11,18 +11,30 @@ import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torch.nn.utils.parametrizations
 import torch.nn.utils.parametrize
 import torch.nn.utils.prune
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
-import torch.nn.functional as F
 from torch import nn
 
 from nnunet_poolskip.nn.inject import inject_pool_skip
-from nnunet_poolskip.nn.lean_kernels import (decode_offsets, encode_offsets, lean_pool_unpool, lean_pool_unpool_conv,
-                                             offset_dtype)
-from nnunet_poolskip.nn.pool_skip import (DEFAULT_IMPLEMENTATION, POOL_SKIP_CLASSES, VARIANTS, PoolSkip3d, is_pool_skip,
-                                          max_pool_unpool, set_implementation)
+from nnunet_poolskip.nn.lean_kernels import (
+    decode_offsets,
+    encode_offsets,
+    lean_pool_unpool,
+    lean_pool_unpool_conv,
+    offset_dtype,
+)
+from nnunet_poolskip.nn.pool_skip import (
+    DEFAULT_IMPLEMENTATION,
+    POOL_SKIP_CLASSES,
+    VARIANTS,
+    PoolSkip3d,
+    is_pool_skip,
+    max_pool_unpool,
+    set_implementation,
+)
 
 
 def pair(ndim, channels, pool, variant, seed=0):
@@ -386,8 +398,8 @@ def test_hvp_and_jvp_equal_the_reference(ndim, spatial, pool, variant):
     torch.testing.assert_close(lean_hvp, reference_hvp)
     torch.testing.assert_close(lean_jvp, reference_jvp)
     assert len(lean_full) == len(reference_full) == 1 + len(names)
-    for l, r in zip(lean_full, reference_full):
-        torch.testing.assert_close(l, r)
+    for lean_tensor, reference_tensor in zip(lean_full, reference_full):
+        torch.testing.assert_close(lean_tensor, reference_tensor)
     if variant != "pool_skip":  # the y <-> weight cross terms are there and were compared
         assert reference_full[0].abs().sum() > 0 and reference_full[1].abs().sum() > 0
 

@@ -14,9 +14,18 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_poolskip.nn.pool_skip import (DEFAULT_IMPLEMENTATION, IMPLEMENTATIONS, POOL_SKIP_CLASSES, VARIANTS,
-                                          PoolSkip1d, PoolSkip2d, PoolSkip3d, is_pool_skip, max_pool_unpool,
-                                          set_implementation)
+from nnunet_poolskip.nn.pool_skip import (
+    DEFAULT_IMPLEMENTATION,
+    IMPLEMENTATIONS,
+    POOL_SKIP_CLASSES,
+    VARIANTS,
+    PoolSkip1d,
+    PoolSkip2d,
+    PoolSkip3d,
+    is_pool_skip,
+    max_pool_unpool,
+    set_implementation,
+)
 
 
 def naive_unpooled(y: np.ndarray, pool: tuple) -> np.ndarray:

@@ -10,16 +10,20 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import run_cli
 from monai.networks.nets import VNet
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 
-from conftest import run_cli
 from nnunet_poolskip.nn.pool_skip import PoolSkip3d, is_pool_skip
 from nnunet_poolskip.nn.vnet import ScaledVNet, build_vnet, inject_pool_skip_vnet, vnet_patch_size
 from nnunet_poolskip.training import TRAINERS
-from nnunet_poolskip.training.vnet import (nnUNetTrainerVNet, nnUNetTrainerVNetPoolSkip, nnUNetTrainerVNetPoolSkipAll,
-                                           plans_with_vnet_patch)
+from nnunet_poolskip.training.vnet import (
+    nnUNetTrainerVNet,
+    nnUNetTrainerVNetPoolSkip,
+    nnUNetTrainerVNetPoolSkipAll,
+    plans_with_vnet_patch,
+)
 
 SMALL = 4  # stem width of the small test networks (MONAI: 16)
 FOLD = 1  # the toy split's folds 1-4 validate on one case, fold 0 on two: the final validation costs half
@@ -411,8 +415,8 @@ def test_our_predict_command_with_the_vnet_baseline(toy_workspace, tmp_path):
 @pytest.mark.parametrize("trainer, n_pool_skip", [("nnUNetTrainerVNet", 0), ("nnUNetTrainerVNetPoolSkip", 5)])
 def test_sliding_window_feeds_the_network_the_adjusted_patch(toy_workspace, monkeypatch, trainer, n_pool_skip):
     """nnU-Net's predictor, loaded from the model folder as nnUNetv2_predict loads it, in this process."""
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     folder = toy_workspace.train(trainer, FOLD, extra_env=QUIET_OMP)
     monkeypatch.setenv("nnUNet_extTrainer", toy_workspace.env["nnUNet_extTrainer"])

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_cli, short_schedule_env
+
 from nnunet_poolskip.training.base import epoch_seed
 from nnunet_poolskip.training.schedule import MAX_SEED, SEED_VARIABLE, seed_from_environment
 
@@ -34,7 +34,8 @@ def test_epoch_seeds_differ_between_epochs_ranks_and_seeds():
 
 def train(workspace, results: Path, seed: int, epochs: int, extra=()) -> Path:
     """One short CPU training of fold 0 into its own nnUNet_results; returns the fold folder."""
-    env = {**workspace.env, **short_schedule_env(epochs, 2, 1), "nnUNet_results": str(results), SEED_VARIABLE: str(seed)}
+    env = {**workspace.env, **short_schedule_env(epochs, 2, 1), "nnUNet_results": str(results),
+           SEED_VARIABLE: str(seed)}
     run_cli(["nnUNetv2_train", str(workspace.dataset_id), "3d_fullres", "0", "-tr", TRAINER, "-p", workspace.plans,
              "-device", "cpu", *extra], env, timeout=600)
     return results / workspace.dataset_name / f"{TRAINER}__{workspace.plans}__3d_fullres" / "fold_0"

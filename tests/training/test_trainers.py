@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import run_cli
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from conftest import run_cli
 from nnunet_poolskip.nn.pool_skip import PoolSkip2d, PoolSkip3d, is_pool_skip
 from nnunet_poolskip.training import TRAINERS
 from nnunet_poolskip.training.poolskip import nnUNetTrainerPoolSkip
@@ -43,7 +43,8 @@ def toy_plans(toy_workspace) -> dict:
     full = plans["configurations"]["3d_fullres"]
     plans["configurations"]["3d_lowres"] = {
         "inherits_from": "3d_fullres", "data_identifier": "nnUNetPlansCPU_3d_lowres",
-        "spacing": [s * 2 for s in full["spacing"]], "patch_size": full["patch_size"], "next_stage": "3d_cascade_fullres"}
+        "spacing": [s * 2 for s in full["spacing"]], "patch_size": full["patch_size"],
+        "next_stage": "3d_cascade_fullres"}
     return plans
 
 
