@@ -21,3 +21,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "$want" > "$stamp"
 fi
 echo "[setup] ready: $(.venv/bin/python -c 'import torch, nnunetv2, monai; from importlib.metadata import version; print("torch", torch.__version__, "nnunetv2", version("nnunetv2"), "monai", monai.__version__)')"
+# real CT/MRI for the tests and the demo (a pinned sdist, sha256-checked, cached outside the repository; a failure
+# here only means those tests skip and say why)
+.venv/bin/python -m nnunet_poolskip.utilities.real_ct fetch || echo "[setup] real-CT reference files not available"
