@@ -102,3 +102,59 @@ def toy_workspace(tmp_path_factory) -> NnunetWorkspace:
     run_cli(["nnunet-poolskip", "derive-plans", "-d", str(TOY_ID)], env)
     env["nnUNet_n_proc_DA"] = "0"
     return NnunetWorkspace(root=root, env=env)
+
+
+# ------------------------------------------------------------------ the fast loop: pytest -m "not integration"
+# A test that runs nnU-Net's command line (directly, through the session's planned toy data set, or through a
+# benchmark run) is an integration test. Tests that use the toy data set are marked here; any other unmarked test
+# that starts nnU-Net's command line fails and says to add the marker, so the split of the fast loop stays true.
+INTEGRATION_FIXTURES = frozenset({"toy_workspace"})
+"""Fixtures that run nnU-Net's command line: every test using them is an integration test."""
+
+_running: Dict[str, object] = {"item": None, "integration": False}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m deselection
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if INTEGRATION_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    _running.update(item=item.nodeid, integration=item.get_closest_marker("integration") is not None)
+    try:
+        yield
+    finally:
+        _running.update(item=None, integration=False)
+
+
+def runs_nnunet_command_line(args) -> Optional[str]:
+    """The program if ``args`` (a Popen argument) starts nnU-Net's command line or a benchmark run, else None."""
+    import shlex
+
+    argv = shlex.split(args) if isinstance(args, str) else [os.fspath(a) for a in args]
+    if not argv:
+        return None
+    program = os.path.basename(argv[0])
+    if program.startswith("nnUNetv2_"):
+        return program
+    if program == "nnunet-poolskip" and len(argv) > 1 and argv[1] == "benchmark" and not (
+            {"--dry-run", "--help", "-h", "--emit"} & set(argv)):
+        return "nnunet-poolskip benchmark"
+    return None
+
+
+_popen_init = subprocess.Popen.__init__
+
+
+def _guarded_popen_init(self, args, *positional, **keywords):
+    program = runs_nnunet_command_line(args)
+    if program and _running["item"] is not None and not _running["integration"]:
+        raise RuntimeError(f"{_running['item']} runs {program} but is not marked @pytest.mark.integration: mark it "
+                           f"(the fast loop, pytest -m 'not integration', must not run nnU-Net's command line)")
+    _popen_init(self, args, *positional, **keywords)
+
+
+subprocess.Popen.__init__ = _guarded_popen_init

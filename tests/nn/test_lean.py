@@ -210,6 +210,7 @@ def test_deterministic_given_a_seed():
     assert_same(results[0], results[1], rtol=0, atol=0)
 
 
+@pytest.mark.integration  # compiles C++ with inductor: about a minute
 @pytest.mark.skipif(not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")),
                     reason="torch.compile's inductor backend needs a C++ compiler on CPU")
 def test_torch_compile_inductor_fullgraph_equals_reference():
@@ -316,6 +317,7 @@ def test_injected_network_uses_the_default_and_lean_matches_reference():
         torch.testing.assert_close(p_lean.grad, p_ref.grad, msg=name)
 
 
+@pytest.mark.integration  # traces a whole injected U-Net with torch.compile: about a minute
 def test_compiled_injected_unet_under_bf16_autocast_equals_reference():
     """nnU-Net's training step in miniature: a PlainConvUNet with Pool Skip injected (lean, the default),
     compiled and run under autocast; deep-supervision outputs and every parameter's gradient equal the
