@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import math
 import os
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
@@ -23,11 +21,23 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from nnunet_poolskip.evaluation.statistics import (
+    DEFAULT_MARGIN,
     FOREGROUND,
+    PERMUTATIONS,
+    SCOPE_SEEDS,
     SIGNIFICANCE_LEVEL,
     can_reach_significance,
     comparison_statistics,
     find,
+    group_by_name,
+    seed_entries,
+)
+from nnunet_poolskip.evaluation.summary_io import (  # noqa: F401  (re-exported: compare's public names)
+    REQUIRED_KEYS,
+    CompareInputError,
+    check_comparable,
+    is_incomplete,
+    load_summary,
 )
 from nnunet_poolskip.utilities.atomic import write_json_atomic, write_text_atomic
 from nnunet_poolskip.utilities.figures import READER_WIDTH_INCHES, new_figure, save_figure, set_title
@@ -35,55 +45,7 @@ from nnunet_poolskip.utilities.figures import READER_WIDTH_INCHES, new_figure, s
 METRIC_COLUMNS = (("dice", "DICE (%)"), ("nsd", "NSD (%)"), ("iou", "mIoU (%)"))
 METRIC_NAMES = {"dice": "Dice", "nsd": "NSD", "iou": "IoU"}
 SMALL_N_MARK = "‡"
-REQUIRED_KEYS = ("labels", "nsd_tolerance_mm", "per_case", "mean", "foreground_mean")
 INCOMPLETE_MARK = "†"
-
-
-class CompareInputError(ValueError):
-    """Summaries that cannot be compared; the message names the files."""
-
-
-def load_summary(path: os.PathLike | str) -> Dict:
-    """Read a summary.json written by ``nnunet-poolskip evaluate`` and check that it has the needed keys."""
-    path = Path(path)
-    if not path.is_file():
-        raise CompareInputError(f"summary {path} does not exist")
-    try:
-        summary = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise CompareInputError(f"summary {path} is not valid JSON: {error}") from None
-    missing = [k for k in REQUIRED_KEYS if k not in summary] if isinstance(summary, dict) else list(REQUIRED_KEYS)
-    if missing:
-        raise CompareInputError(f"summary {path} lacks {missing}: is it a summary.json of nnunet-poolskip evaluate?")
-    return summary
-
-
-def is_incomplete(summary: Mapping) -> bool:
-    """True when the summary says it was made from incomplete runs (``complete`` false or missing predictions)."""
-    return summary.get("complete") is False or bool(summary.get("missing_predictions"))
-
-
-def check_comparable(summaries: Sequence[Mapping], paths: Sequence[str]) -> List[str]:
-    """Raise if the summaries score different labels or use different NSD tolerances; return notes on lesser
-    differences (different case sets)."""
-    first_labels, first_tol = set(summaries[0]["labels"]), summaries[0]["nsd_tolerance_mm"]
-    for summary, path in zip(summaries[1:], paths[1:]):
-        if set(summary["labels"]) != first_labels:
-            raise CompareInputError(f"{path} scores labels {sorted(summary['labels'], key=int)}, but {paths[0]} "
-                                    f"scores {sorted(first_labels, key=int)}")
-        differing = [k for k in first_tol if not math.isclose(summary["nsd_tolerance_mm"][k], first_tol[k])]
-        if differing:
-            raise CompareInputError(f"{path} and {paths[0]} use different NSD tolerances for labels {differing} "
-                                    f"({[summary['nsd_tolerance_mm'][k] for k in differing]} vs "
-                                    f"{[first_tol[k] for k in differing]} mm): their NSD is not comparable")
-    notes = []
-    first_cases = [c["case"] for c in summaries[0]["per_case"]]
-    for summary, path in zip(summaries[1:], paths[1:]):
-        cases = [c["case"] for c in summary["per_case"]]
-        if set(cases) != set(first_cases):
-            notes.append(f"{path} was evaluated on {len(cases)} cases, {paths[0]} on {len(first_cases)}; "
-                         f"{len(set(cases) ^ set(first_cases))} cases are not in both")
-    return notes
 
 
 def _percent(value: Optional[float]) -> Optional[float]:
@@ -145,15 +107,26 @@ def p_text(p: Optional[float]) -> str:
     return f"{p:.3f}" if p < 0.01 else f"{p:.2f}"
 
 
+def is_identical(entry: Mapping) -> bool:
+    """True when every difference of the entry is zero (both models scored the same everywhere)."""
+    return entry["n"] > 0 and entry["ties"] == entry["n"] and entry["mean_difference"] == 0 and \
+        entry["ci95"] == [0.0, 0.0]
+
+
 def difference_cell(entry: Optional[Mapping], holm: bool = False) -> str:
-    """``+0.95 [-0.40, +2.31] p=0.21`` (percentage points), ``(Holm 1.00)`` added when asked, and the small-n mark
-    when the test cannot reach 0.05 with so few nonzero differences."""
+    """``+0.95 [-0.40, +2.31] p=0.21`` (percentage points; ``p`` is the test that matches the interval),
+    ``(Holm 1.00)`` added when asked, the small-n mark when the test cannot reach 0.05 with so few nonzero
+    differences; ``identical in 12/12 (both 0)`` when every difference is zero."""
     if entry is None or entry["n"] == 0:
         return "n/a (no case with values in both)"
+    if is_identical(entry):
+        seeds = max(entry.get("n_seeds", {}).values(), default=1)
+        over = f" x {seeds} seeds" if entry.get("scope") == SCOPE_SEEDS else ""
+        return f"identical in {entry['n']}/{entry['n']}{over} (both {100 * entry['mean_a']:.4g})"
     text = _signed_points(entry["mean_difference"])
     interval = entry["ci95"]
     text += f" [{_signed_points(interval[0])}, {_signed_points(interval[1])}]" if interval else " [n/a]"
-    p = p_text(entry["p_wilcoxon"])
+    p = p_text(entry.get("p", entry.get("p_wilcoxon")))
     text += f" p{p}" if p.startswith("<") else f" p={p}"
     if holm and entry["label"] != FOREGROUND:
         text += f" (Holm {p_text(entry['p_holm'])})"
@@ -166,11 +139,11 @@ def _small_n_note(entries: Sequence[Mapping]) -> List[str]:
     """Say in words where the Wilcoxon test cannot reach the significance level at all."""
     if all(can_reach_significance(e) for e in entries if e is not None and e["n"] > 0):
         return []
-    return [f"{SMALL_N_MARK} marks a difference where at most 5 cases differ (k = wins + losses; n counts the cases "
-            f"with values in both, ties are dropped by the test): with k nonzero differences the smallest possible "
-            f"two-sided Wilcoxon p is 2/2^k (k = 5: 0.0625), so the test cannot reach p < {SIGNIFICANCE_LEVEL:g} "
-            f"there whatever the models do. Too few cases to show a difference; the bootstrap interval, too, tends "
-            f"to be too narrow with so few cases."]
+    return [f"{SMALL_N_MARK} marks a difference where at most 5 cases differ (k = wins + losses; zero differences "
+            f"do not change a sign-flip): with k nonzero differences the smallest two-sided p of the exact "
+            f"permutation test is 2/2^k (k = 5: 0.0625), so it cannot reach p < {SIGNIFICANCE_LEVEL:g} there "
+            f"whatever the models do. Too few cases to show a difference; the bootstrap interval, too, tends to be "
+            f"too narrow with so few cases."]
 
 
 def model_rows(summaries: Sequence[Mapping], names: Sequence[str], statistics: Optional[Mapping] = None) -> List[Dict]:
@@ -220,23 +193,116 @@ def _difference_name(name: str, baseline: str) -> str:
     return f"{name} − {baseline}"
 
 
-def paired_table_markdown(rows: Sequence[Mapping], baseline: str) -> str:
-    """The paired foreground statistics of every model against the first, in percentage points."""
+SEEDS_COMMAND = "nnunet-poolskip benchmark ... --seeds 0 1 2 3 4"
+RECOMMENDED_SEEDS = 5
+
+
+def verdict_text(entry: Mapping) -> str:
+    """The margin verdict of a foreground entry in words (``equivalent within ±1.00``...)."""
+    margin = 100 * entry.get("margin", DEFAULT_MARGIN)
+    return {"equivalent": f"equivalent: interval inside ±{margin:.2f}",
+            "above_margin": f"better by more than {margin:.2f}",
+            "below_margin": f"worse by more than {margin:.2f}",
+            "inconclusive": f"inconclusive at ±{margin:.2f}"}.get(entry.get("verdict"), "n/a")
+
+
+def primary_cell(entry: Optional[Mapping]) -> str:
+    """The primary endpoint's verdict cell: margin verdict and Holm p; "significant" only across seeds."""
+    if entry is None or not entry.get("primary"):
+        return "–"
+    text = verdict_text(entry) + f"; Holm p={p_text(entry['p_holm'])}" if entry["p_holm"] is not None else \
+        verdict_text(entry)
+    if entry.get("scope") == SCOPE_SEEDS and entry["p_holm"] is not None:
+        text += "; significant" if entry["p_holm"] < SIGNIFICANCE_LEVEL else "; not significant"
+    return text
+
+
+def scope_text(entry: Optional[Mapping]) -> str:
+    """What an entry's interval covers, short: ``3 seeds x 12 cases`` or ``1 run, 12 cases``."""
+    if entry is None:
+        return "n/a"
+    if entry.get("scope") == SCOPE_SEEDS:
+        return f"{max(entry['n_seeds'].values())} seeds x {entry['n']} cases"
+    return f"1 run, {entry['n']} cases"
+
+
+def scope_notes(entries: Sequence[Optional[Mapping]]) -> List[str]:
+    """Paragraphs saying what the intervals and p values cover, for the scopes present among ``entries``."""
+    scopes = {e.get("scope") for e in entries if e is not None}
+    notes = []
+    if scopes - {SCOPE_SEEDS}:
+        notes.append(f"**One training run per model: the interval and p cover test-case sampling only.** They treat "
+                     f"the two trained models as fixed and say which test cases could have been drawn; a single "
+                     f"training run cannot separate the model from retraining noise (nnU-Net's run-to-run spread is "
+                     f"1-3 Dice points), so no difference here is called significant. Train several seeds "
+                     f"(`{SEEDS_COMMAND}`, or `nnunet-poolskip compare` with each seed's summary under the same "
+                     f"--names), S >= {RECOMMENDED_SEEDS} before a claim. Interval: BCa bootstrap over cases; p: "
+                     f"exact sign-flip permutation test of the mean (sampled with {PERMUTATIONS} sign vectors beyond "
+                     f"16 differing cases).")
+    if SCOPE_SEEDS in scopes:
+        notes.append("**Across seeds and cases: the interval and p cover retraining and test-case sampling** "
+                     "(crossed random-effects model on the per-seed, per-case differences, seed s of each model "
+                     "paired; Satterthwaite t interval and t test; calibration: benchmarks/RESULTS.md). "
+                     f"Significant means Holm-adjusted p < {SIGNIFICANCE_LEVEL:g} on the primary endpoint."
+                     + ("" if min(max(e["n_seeds"].values()) for e in entries if e is not None
+                                  and e.get("scope") == SCOPE_SEEDS) >= RECOMMENDED_SEEDS
+                        else f" Fewer than {RECOMMENDED_SEEDS} seeds: the interval is wide by design; "
+                             f"S >= {RECOMMENDED_SEEDS} is recommended before a claim."))
+    return notes
+
+
+def seed_lines(statistics: Optional[Mapping], models: Sequence[str], metric: str = "dice") -> List[str]:
+    """Per model with several seeds: each seed's own foreground difference with its case interval, and "better in k
+    of S seeds"."""
+    lines = []
+    for model in models:
+        per_seed = seed_entries(statistics, model, metric, FOREGROUND) if statistics else []
+        if not per_seed:
+            continue
+        better = sum(e["mean_difference"] is not None and e["mean_difference"] > 0 for e in per_seed)
+        cells = "; ".join(f"seed {e['seed']}: {difference_cell(e)}" for e in per_seed)
+        lines.append(f"- {model}, foreground {METRIC_NAMES[metric]} per seed (each seed's own pair, interval over "
+                     f"cases only): {cells}. Better in {better} of {len(per_seed)} seeds.")
+    return lines
+
+
+def nsd_name(summary: Optional[Mapping]) -> str:
+    """``NSD@1 mm`` (one tolerance for every label) or ``NSD@per-organ mm``."""
+    if summary is None:
+        return "NSD"
+    values = sorted(set(float(v) for v in summary["nsd_tolerance_mm"].values()))
+    return f"NSD@{values[0]:g} mm" if len(values) == 1 else "NSD@per-organ mm"
+
+
+def paired_table_markdown(rows: Sequence[Mapping], baseline: str, statistics: Optional[Mapping] = None,
+                          summary: Optional[Mapping] = None) -> str:
+    """The paired foreground statistics of every model against the first, in percentage points, with what their
+    intervals cover, the primary endpoint's margin verdict and (with ``statistics``) each seed's own difference.
+
+    Args:
+        rows: :func:`model_rows` (the first is the baseline).
+        baseline: its name.
+        statistics: statistics.json's content, for the per-seed lines.
+        summary: a summary.json, for the NSD tolerance in the header.
+    """
     body, entries = [], []
     for row in rows[1:]:
         cells = [row[f"paired_{metric}"] for metric, _ in METRIC_COLUMNS]
         entries += cells
-        ns = sorted({e["n"] for e in cells if e is not None})
-        body.append([_difference_name(row["model"], baseline), " / ".join(map(str, ns)) or "0"]
-                    + [difference_cell(e) for e in cells])
-    header = ["Comparison", "n"] + [f"Δ {column}" for _, column in METRIC_COLUMNS]
-    text = (f"Paired differences against {baseline} (percentage points): the mean over the test cases of the "
-            f"per-case difference of the foreground mean (over the labels a case has), [95% percentile-bootstrap "
-            f"interval], two-sided Wilcoxon signed-rank p; n = cases with values in both. This can differ from the "
-            f"delta above, which compares means of per-label means. Per organ: per_organ.md; details: "
-            f"statistics.json.\n\n" + _markdown(header, body))
+        body.append([_difference_name(row["model"], baseline), scope_text(cells[0])]
+                    + [difference_cell(e) for e in cells] + [primary_cell(cells[0])])
+    names = {"dice": "Dice", "nsd": nsd_name(summary), "iou": "IoU"}
+    header = ["Comparison", "over"] + [f"Δ {names[metric]}" for metric, _ in METRIC_COLUMNS] + \
+        ["primary endpoint (foreground Dice)"]
+    text = (f"Paired differences against {baseline} (percentage points): the mean of the per-case difference of the "
+            f"foreground mean (over the organs present in the case's reference, the same for both models), "
+            f"[95% interval], p of the test that matches it. This can differ from the delta above, which compares "
+            f"means of per-label means. Per organ: per_organ.md; details: statistics.json.\n\n"
+            + _markdown(header, body))
+    text += "\n\n" + "\n\n".join(scope_notes(entries))
+    seeds = seed_lines(statistics, [row["model"] for row in rows[1:]])
     note = _small_n_note(entries)
-    return text + ("\n\n" + "\n".join(note) if note else "")
+    return text + ("\n\n" + "\n".join(seeds) if seeds else "") + ("\n\n" + "\n".join(note) if note else "")
 
 
 def table3_markdown(summaries: Sequence[Mapping], names: Sequence[str], title: Optional[str] = None,
@@ -249,14 +315,19 @@ def table3_markdown(summaries: Sequence[Mapping], names: Sequence[str], title: O
     for index, row in enumerate(rows):
         label = row["model"] + (f" {INCOMPLETE_MARK}" if row["incomplete"] else "")
         body.append([label] + [_format(row[m], rows[0][m], with_delta=index > 0) for m, _ in METRIC_COLUMNS])
-    header = ["Model"] + [f"{title} {c} ↑" if title else f"{c} ↑" for _, c in METRIC_COLUMNS]
+    columns = [c.replace("NSD", nsd_name(summaries[0])) for _, c in METRIC_COLUMNS]
+    header = ["Model"] + [f"{title} {c} ↑" if title else f"{c} ↑" for c in columns]
     tolerance = _tolerance_text(summaries[0])
     text = _caveat_block(caveat) + (f"### {title}\n\n" if title else "") + _markdown(header, body)
-    text += f"\n\n{foreground_text(summaries, names)}; NSD tolerance {tolerance}; deltas in percentage points " \
-            f"against {names[0]}."
+    text += f"\n\n{foreground_text(summaries, names)}; NSD tolerance {tolerance} ({TOLERANCE_SOURCE}); deltas in " \
+            f"percentage points against {names[0]}."
     if statistics is not None and len(rows) > 1:
-        text += "\n\n" + paired_table_markdown(rows, names[0])
+        text += "\n\n" + paired_table_markdown(rows, names[0], statistics, summaries[0])
     return text + _notes_block(summaries, names, extra_notes) + "\n"
+
+
+TOLERANCE_SOURCE = ("the paper gives none: evaluate's --nsd-tolerances, default 1 mm for every organ as FLARE21 and "
+                    "AbdomenCT-1K")
 
 
 def _tolerance_text(summary: Mapping) -> str:
@@ -272,18 +343,20 @@ def _csv_number(value: Optional[float]) -> str:
 def _csv_statistics(entry: Optional[Mapping], holm: bool = False) -> List[str]:
     """n, mean difference, interval (percentage points), p (and Holm p) of a statistics entry as CSV cells."""
     if entry is None:
-        return [""] * (6 if holm else 5)
+        return [""] * (8 if holm else 7)
     interval = entry["ci95"] or [None, None]
     cells = [str(entry["n"]), _csv_number(_percent(entry["mean_difference"])),
              _csv_number(_percent(interval[0])), _csv_number(_percent(interval[1])),
-             "" if entry["p_wilcoxon"] is None else f"{entry['p_wilcoxon']:.6g}"]
+             "" if entry.get("p") is None else f"{entry['p']:.6g}",
+             "" if entry["p_wilcoxon"] is None else f"{entry['p_wilcoxon']:.6g}", entry.get("scope", "")]
     if holm:
         cells.append("" if entry["p_holm"] is None else f"{entry['p_holm']:.6g}")
     return cells
 
 
 def _csv_statistics_header(metric: str, holm: bool = False) -> List[str]:
-    names = ["n_paired", "paired_delta", "ci95_low", "ci95_high", "p_wilcoxon"] + (["p_holm"] if holm else [])
+    names = ["n_paired", "paired_delta", "ci95_low", "ci95_high", "p", "p_wilcoxon", "scope"] + \
+        (["p_holm"] if holm else [])
     return [f"{name}_{metric}" for name in names]
 
 
@@ -485,24 +558,32 @@ ONE_MODEL_OUTPUTS = ("statistics", "differences_plot")
 
 def compare_summaries(paths: Sequence[os.PathLike | str], names: Optional[Sequence[str]],
                       output_folder: os.PathLike | str, title: Optional[str] = None,
-                      caveat: Optional[str] = None) -> Dict[str, Path]:
+                      caveat: Optional[str] = None, margin: float = DEFAULT_MARGIN,
+                      primary: Optional[Sequence[str]] = None) -> Dict[str, Path]:
     """Write Table 3 (Markdown, CSV), the per-organ tables (Markdown, CSV), statistics.json and the two figures into
     ``output_folder``.
 
     Args:
-        paths: summary.json files; the first is the reference of the deltas and the baseline of the statistics.
-        names: model names (same number as paths); default: each summary's parent folder name.
+        paths: summary.json files; the first model is the reference of the deltas and the baseline of the
+            statistics.
+        names: model names (same number as paths); summaries that share a name are the seeds of one model (its
+            table row shows each case's values averaged over its seeds; the statistics use every seed). Default:
+            each summary's parent folder name.
         output_folder: created if needed.
         title: optional data set name shown above the table (e.g. BTCV).
         caveat: optional text shown at the top of the Markdown tables and in every figure's title (e.g. that this
             is a smoke-scale run on synthetic data).
+        margin: practical margin of the primary endpoint's verdict, a fraction (0.01 = 1 Dice point).
+        primary: models whose foreground Dice against the first is the primary endpoint (default: all others).
     Returns:
         Output kind -> path (keys of ``OUTPUT_FILES``; statistics.json and differences.png only with two or more
-        summaries).
+        models).
     Raises:
-        CompareInputError: unreadable summaries, a names/paths count mismatch, duplicate names, different
-            label sets or NSD tolerances.
+        CompareInputError: unreadable summaries, a names/paths count mismatch, models with different numbers of
+            seeds, an unknown primary model, different label sets or NSD tolerances.
     """
+    from nnunet_poolskip.evaluation.summaries import average_summaries
+
     paths = [str(p) for p in paths]
     if not paths:
         raise CompareInputError("give at least one summary.json")
@@ -511,11 +592,23 @@ def compare_summaries(paths: Sequence[os.PathLike | str], names: Optional[Sequen
     names = list(names)
     if len(names) != len(paths):
         raise CompareInputError(f"{len(paths)} summaries but {len(names)} names (--names)")
-    if len(set(names)) != len(names):
-        raise CompareInputError(f"model names must differ, got {names} (use --names)")
-    summaries = [load_summary(p) for p in paths]
-    extra_notes = check_comparable(summaries, paths)
-    statistics = comparison_statistics(summaries, names) if len(summaries) > 1 else None
+    if not 0 <= margin < 1:
+        raise CompareInputError(f"--margin {100 * margin:g} points: give a margin between 0 and 100 points")
+    every = [load_summary(p) for p in paths]
+    extra_notes = check_comparable(every, paths)
+    seeds_of = group_by_name(paths, names)
+    models = list(seeds_of)
+    counts = {m: len(seeds_of[m]) for m in models}
+    if len(set(counts.values())) > 1:
+        raise CompareInputError(f"models with different numbers of seeds (summaries per name): {counts}; the "
+                                f"across-seeds comparison pairs seed s of every model with seed s of {models[0]}")
+    summaries = [every[paths.index(seeds_of[m][0])] if counts[m] == 1 else
+                 average_summaries(seeds_of[m], [f"seed {i}" for i in range(counts[m])]) for m in models]
+    try:
+        statistics = comparison_statistics(every, names, margin, primary) if len(models) > 1 else None
+    except ValueError as error:
+        raise CompareInputError(str(error)) from None
+    names = models
     folder = Path(output_folder)
     folder.mkdir(parents=True, exist_ok=True)
     outputs = {kind: folder / name for kind, name in OUTPUT_FILES.items()
@@ -525,7 +618,7 @@ def compare_summaries(paths: Sequence[os.PathLike | str], names: Optional[Sequen
     write_text_atomic(per_organ_markdown(summaries, names, statistics, caveat), outputs["per_organ"])
     write_text_atomic(per_organ_csv(summaries, names, statistics), outputs["per_organ_csv"])
     plot_per_organ_dice(summaries, names, outputs["plot"], caveat)
-    if statistics is None:  # a single summary: what an earlier compare into this folder left would contradict it
+    if statistics is None:  # a single model: what an earlier compare into this folder left would contradict it
         for kind in ONE_MODEL_OUTPUTS:
             (folder / OUTPUT_FILES[kind]).unlink(missing_ok=True)
     else:
