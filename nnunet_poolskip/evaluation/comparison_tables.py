@@ -214,6 +214,8 @@ def primary_cell(entry: Optional[Mapping]) -> str:
         verdict_text(entry)
     if entry.get("scope") == SCOPE_SEEDS and entry["p_holm"] is not None:
         text += "; significant" if entry["p_holm"] < SIGNIFICANCE_LEVEL else "; not significant"
+    elif entry.get("scope") != SCOPE_SEEDS:
+        text += "; over cases only (one run)"
     return text
 
 
@@ -402,9 +404,13 @@ def per_organ_markdown(summaries: Sequence[Mapping], names: Sequence[str], stati
     text += ("\n\nMeans over the cases where the label has a value (cases empty in reference and prediction are "
              "left out).")
     if statistics is not None and len(names) > 1:
-        text += (" Differences: mean of the per-case difference over the cases where both models have a value, "
-                 "[95% percentile-bootstrap interval], two-sided Wilcoxon signed-rank p, and in brackets the p "
-                 "after Holm's correction over the labels of that metric and model.")
+        text += (" Differences: mean of the per-case difference, where a case whose reference lacks the organ "
+                 "scores 1 for a model that predicts nothing there and 0 for one that predicts it (a false positive "
+                 "counts against it), [95% interval], p of the matching test (one run: BCa interval and exact "
+                 "sign-flip test over cases; several seeds: across seeds and cases), and in brackets the p after "
+                 "Holm's correction over the labels of that metric and model. statistics.json gives per organ the "
+                 "cases empty in the reference and each model's false positives.")
+        text += "\n\n" + "\n\n".join(scope_notes([e for e in entries if e is not None]))
         note = _small_n_note(entries)
         text += ("\n\n" + "\n".join(note)) if note else ""
     return text + "\n"
@@ -523,7 +529,9 @@ def plot_differences(statistics: Mapping, labels: Mapping[str, str], path: os.Pa
                 if entry["ci95"]:
                     low, high = (100 * v for v in entry["ci95"])
                     axes.plot([low, high], [position, position], color=colour, linewidth=1.6)
-                significant = entry["p_holm"] is not None and entry["p_holm"] < SIGNIFICANCE_LEVEL
+                # filled only for the across-seeds test: one run's case interval says nothing about retraining
+                significant = entry.get("scope") == SCOPE_SEEDS and entry["p_holm"] is not None and \
+                    entry["p_holm"] < SIGNIFICANCE_LEVEL
                 axes.plot([mean], [position], marker="o", markersize=6, color=colour,
                           markerfacecolor=colour if significant else "white", markeredgewidth=1.5)
         axes.set_title(METRIC_NAMES[metric])
@@ -536,16 +544,20 @@ def plot_differences(statistics: Mapping, labels: Mapping[str, str], path: os.Pa
 
     handles = [Line2D([], [], color=colours[m % len(colours)], marker="o", linewidth=1.6,
                       label=_difference_name(model, baseline)) for m, model in enumerate(models)]
-    handles += [Line2D([], [], color="0.3", marker="o", linestyle="none", label=f"p < {SIGNIFICANCE_LEVEL:g} "
-                       "(organs: Holm-adjusted)"),
+    across = any(e.get("scope") == SCOPE_SEEDS for e in comparisons)
+    handles += [Line2D([], [], color="0.3", marker="o", linestyle="none", label=f"across seeds: Holm p < "
+                       f"{SIGNIFICANCE_LEVEL:g} (significant)"),
                 Line2D([], [], color="0.3", marker="o", markerfacecolor="white", linestyle="none",
-                       label=f"p ≥ {SIGNIFICANCE_LEVEL:g} or not testable")]
+                       label=f"across seeds: p ≥ {SIGNIFICANCE_LEVEL:g}" if across else
+                       "one run per model: interval over test cases only, never called significant")]
     if small:
         handles.append(Line2D([], [], linestyle="none", label=f"{SMALL_N_MARK} at most 5 cases differ: the test "
                               f"cannot reach p < {SIGNIFICANCE_LEVEL:g}; the interval is unreliable"))
     figure.legend(handles=handles, loc="outside lower center", ncols=2 if small else min(len(handles), 4),
                   frameon=False)
-    set_title(figure, f"Paired differences against {baseline}: mean over cases and 95% bootstrap interval", caveat)
+    scope = ("mean over seeds and cases, 95% interval covering retraining and case sampling" if across else
+             "ONE RUN PER MODEL: mean over cases, 95% BCa interval over test cases only")
+    set_title(figure, f"Paired differences against {baseline}: {scope}", caveat)
     save_figure(figure, path)
 
 
