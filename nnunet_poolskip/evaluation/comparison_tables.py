@@ -1,10 +1,14 @@
-"""Comparison tables and plots from several summary.json files (``nnunet-poolskip compare``).
+"""Comparison tables from several summary.json files (``nnunet-poolskip compare``).
 
-The main table has the paper's Table 3 layout: one row per model, DICE (%), NSD (%) and mIoU (%) of the
-foreground means, and for every model after the first its difference to the first (``81.52 +0.95``). Under it,
-the paired statistics of every model against the first (``statistics.py``): the mean per-case difference with
-its 95% bootstrap interval and the Wilcoxon p (``+0.95 [-0.40, +2.31] p=0.21``), per organ in the per-organ
-tables. Figures: per-case Dice per organ and model (box plots) and a forest plot of the paired differences.
+The main table has the paper's Table 3 layout: one row per model, DICE (%), NSD@tolerance (%) and mIoU (%) of the
+foreground means, and for every model after the first its difference to the first (``81.52 +0.95``); a model given
+with several seeds (summaries sharing a name) shows each case's values averaged over its seeds. Under it, the paired
+statistics of every model against the first (statistics.json, computed by ``statistics.py`` and
+``seed_statistics.py``; nothing is computed here): the mean per-case difference with its 95% interval and the p of
+the matching test (``+0.95 [-0.40, +2.31] p=0.21``), what that interval covers (one run: test cases only; several
+seeds: retraining and cases), the primary endpoint's margin verdict and each seed's own difference; per organ in the
+per-organ tables, with the distribution behind each mean (``organ_distribution.py``). Figures:
+``comparison_figures.py``.
 
 A summary counts as incomplete when it says ``"complete": false`` or lists ``missing_predictions``; its row is
 marked with a dagger and every summary's ``notes`` are printed under the table (see ``evaluate_predictions.py``).
@@ -18,8 +22,14 @@ import os
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
-import numpy as np
-
+from nnunet_poolskip.evaluation.comparison_figures import plot_differences, plot_per_organ_dice  # noqa: F401
+from nnunet_poolskip.evaluation.comparison_names import (  # noqa: F401  (re-exported)
+    METRIC_COLUMNS,
+    METRIC_NAMES,
+    SMALL_N_MARK,
+    difference_name,
+)
+from nnunet_poolskip.evaluation.organ_distribution import organ_distribution_markdown
 from nnunet_poolskip.evaluation.statistics import (
     DEFAULT_MARGIN,
     FOREGROUND,
@@ -40,11 +50,7 @@ from nnunet_poolskip.evaluation.summary_io import (  # noqa: F401  (re-exported:
     load_summary,
 )
 from nnunet_poolskip.utilities.atomic import write_json_atomic, write_text_atomic
-from nnunet_poolskip.utilities.figures import READER_WIDTH_INCHES, new_figure, save_figure, set_title
 
-METRIC_COLUMNS = (("dice", "DICE (%)"), ("nsd", "NSD (%)"), ("iou", "mIoU (%)"))
-METRIC_NAMES = {"dice": "Dice", "nsd": "NSD", "iou": "IoU"}
-SMALL_N_MARK = "‡"
 INCOMPLETE_MARK = "†"
 
 
@@ -189,8 +195,7 @@ def _notes_block(summaries: Sequence[Mapping], names: Sequence[str], extra_notes
     return ("\n\nNotes:\n" + "\n".join(lines)) if lines else ""
 
 
-def _difference_name(name: str, baseline: str) -> str:
-    return f"{name} − {baseline}"
+_difference_name = difference_name
 
 
 SEEDS_COMMAND = "nnunet-poolskip benchmark ... --seeds 0 1 2 3 4"
@@ -433,134 +438,6 @@ def per_organ_csv(summaries: Sequence[Mapping], names: Sequence[str], statistics
     return out.getvalue()
 
 
-ORGANS_PER_PANEL = 8
-
-
-def plot_per_organ_dice(summaries: Sequence[Mapping], names: Sequence[str], path: os.PathLike | str,
-                        caveat: Optional[str] = None) -> None:
-    """PNG of per-case Dice (%) per organ, one box per model with every case as a dot (cases empty in reference and
-    prediction left out), saved atomically.
-
-    At most ``ORGANS_PER_PANEL`` organs per row of panels, so that the figure stays readable 1600 px wide; the
-    legend sits under the panels, where it hides nothing."""
-    labels = list(summaries[0]["labels"].items())
-    chunks = [labels[i:i + ORGANS_PER_PANEL] for i in range(0, len(labels), ORGANS_PER_PANEL)]
-    n_models = len(summaries)
-    width = 0.8 / n_models
-    figure = new_figure(READER_WIDTH_INCHES, 3.4 * len(chunks) + 1.6 + (0.4 if caveat else 0))
-    axes_list = figure.subplots(len(chunks), 1, squeeze=False)[:, 0]
-    colours = [f"C{i}" for i in range(10)]
-    for axes, chunk in zip(axes_list, chunks):
-        for index, (summary, name) in enumerate(zip(summaries, names)):
-            data = [[100 * case["dice"][key] for case in summary["per_case"] if case["dice"].get(key) is not None]
-                    for key, _ in chunk]
-            positions = np.arange(len(chunk)) + (index - (n_models - 1) / 2) * width
-            colour = colours[index % len(colours)]
-            boxes = axes.boxplot([d if d else [np.nan] for d in data], positions=positions, widths=width * 0.9,
-                                 patch_artist=True, showfliers=False, manage_ticks=False,
-                                 medianprops={"color": "black"})  # the default orange vanishes in an orange box
-            for box in boxes["boxes"]:
-                box.set_facecolor(colour)
-                box.set_alpha(0.6)
-            # every case as a dot, so that a box of one or two cases still shows its colour and its n
-            jitter = np.random.default_rng(index)
-            for position, values in zip(positions, data):
-                axes.plot(position + jitter.uniform(-0.25, 0.25, len(values)) * width, values, "o", color=colour,
-                          markersize=4, markeredgecolor="black", markeredgewidth=0.4)
-        for position, (key, _) in enumerate(chunk):
-            if all(case["dice"].get(key) is None for summary in summaries for case in summary["per_case"]):
-                axes.text(position, 50, "no values", ha="center", va="center", color="0.4", fontsize=9)
-        axes.set_xticks(np.arange(len(chunk)))
-        axes.set_xticklabels([organ for _, organ in chunk], rotation=20, ha="right")
-        axes.set_xlim(-0.5, ORGANS_PER_PANEL - 0.5 if len(chunks) > 1 else len(chunk) - 0.5)
-        axes.set_ylabel("Dice (%)")
-        axes.set_ylim(0, 100)
-        axes.grid(axis="y", alpha=0.3)
-    handles = [matplotlib_patch(colours[i % len(colours)], name) for i, name in enumerate(names)]
-    figure.legend(handles=handles, loc="outside lower center", ncols=min(len(names), 4), frameon=False)
-    set_title(figure, "Per-case Dice per organ (cases empty in reference and prediction left out)", caveat)
-    save_figure(figure, path)
-
-
-def matplotlib_patch(colour: str, label: str):
-    """A legend entry: a filled square of ``colour``."""
-    from matplotlib.patches import Patch
-
-    return Patch(facecolor=colour, alpha=0.6, label=label)
-
-
-def plot_differences(statistics: Mapping, labels: Mapping[str, str], path: os.PathLike | str,
-                     caveat: Optional[str] = None) -> None:
-    """Forest plot of the paired differences (statistics.json's content): one panel per metric, one row per organ
-    and the per-case foreground mean on top, each model after the first as a point (mean difference, percentage
-    points) with its 95% bootstrap interval; a line at zero. Filled points: Holm-adjusted p < 0.05 (foreground:
-    the Wilcoxon p); open points: not. Organs without paired cases have no point; their row says so."""
-    comparisons = statistics["comparisons"]
-    models = list(dict.fromkeys(e["model"] for e in comparisons))
-    baseline = comparisons[0]["baseline"] if comparisons else ""
-    rows = [FOREGROUND] + list(labels)
-    names = {FOREGROUND: "foreground, per-case mean", **labels}
-    n_models = max(1, len(models))
-    row_height = 0.22 * n_models + 0.12
-    figure = new_figure(READER_WIDTH_INCHES, row_height * len(rows) + 2.0 + (0.4 if caveat else 0))
-    axes_list = figure.subplots(1, len(METRIC_COLUMNS), sharey=True, squeeze=False)[0]
-    colours = [f"C{i}" for i in range(10)]
-    offsets = (np.arange(n_models) - (n_models - 1) / 2) * (0.7 / n_models)
-    tick_labels, small = [], False
-    for row in rows:
-        entries = [e for e in comparisons if e["label"] == row and e["n"] > 0]
-        ns = sorted({e["n"] for e in entries if e["metric"] == "dice"})
-        text = names[row] + (f" (n={'/'.join(map(str, ns))})" if entries else " (no paired cases)")
-        if any(not can_reach_significance(e) for e in entries):
-            text += f" {SMALL_N_MARK}"
-            small = True
-        tick_labels.append(text)
-    for axes, (metric, _) in zip(axes_list, METRIC_COLUMNS):
-        axes.axvline(0, color="0.3", linewidth=1)
-        axes.axhline(0.5, color="0.7", linewidth=0.8)  # foreground above, organs below
-        for m, model in enumerate(models):
-            colour = colours[m % len(colours)]
-            for y, row in enumerate(rows):
-                entry = find(statistics, model, metric, row)
-                if entry is None or entry["n"] == 0:
-                    continue
-                position = y + offsets[m]
-                mean = 100 * entry["mean_difference"]
-                if entry["ci95"]:
-                    low, high = (100 * v for v in entry["ci95"])
-                    axes.plot([low, high], [position, position], color=colour, linewidth=1.6)
-                # filled only for the across-seeds test: one run's case interval says nothing about retraining
-                significant = entry.get("scope") == SCOPE_SEEDS and entry["p_holm"] is not None and \
-                    entry["p_holm"] < SIGNIFICANCE_LEVEL
-                axes.plot([mean], [position], marker="o", markersize=6, color=colour,
-                          markerfacecolor=colour if significant else "white", markeredgewidth=1.5)
-        axes.set_title(METRIC_NAMES[metric])
-        axes.set_xlabel("difference (percentage points)")
-        axes.grid(axis="x", alpha=0.3)
-        axes.set_ylim(len(rows) - 0.5, -0.5)
-    axes_list[0].set_yticks(range(len(rows)))
-    axes_list[0].set_yticklabels(tick_labels)
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], color=colours[m % len(colours)], marker="o", linewidth=1.6,
-                      label=_difference_name(model, baseline)) for m, model in enumerate(models)]
-    across = any(e.get("scope") == SCOPE_SEEDS for e in comparisons)
-    handles += [Line2D([], [], color="0.3", marker="o", linestyle="none", label=f"across seeds: Holm p < "
-                       f"{SIGNIFICANCE_LEVEL:g} (significant)"),
-                Line2D([], [], color="0.3", marker="o", markerfacecolor="white", linestyle="none",
-                       label=f"across seeds: p ≥ {SIGNIFICANCE_LEVEL:g}" if across else
-                       "one run per model: interval over test cases only, never called significant")]
-    if small:
-        handles.append(Line2D([], [], linestyle="none", label=f"{SMALL_N_MARK} at most 5 cases differ: the test "
-                              f"cannot reach p < {SIGNIFICANCE_LEVEL:g}; the interval is unreliable"))
-    figure.legend(handles=handles, loc="outside lower center", ncols=2 if small else min(len(handles), 4),
-                  frameon=False)
-    scope = ("mean over seeds and cases, 95% interval covering retraining and case sampling" if across else
-             "ONE RUN PER MODEL: mean over cases, 95% BCa interval over test cases only")
-    set_title(figure, f"Paired differences against {baseline}: {scope}", caveat)
-    save_figure(figure, path)
-
-
 OUTPUT_FILES = {"table": "table3.md", "table_csv": "table3.csv", "per_organ": "per_organ.md",
                 "per_organ_csv": "per_organ.csv", "plot": "per_organ_dice.png", "statistics": "statistics.json",
                 "differences_plot": "differences.png"}
@@ -627,7 +504,9 @@ def compare_summaries(paths: Sequence[os.PathLike | str], names: Optional[Sequen
                if statistics is not None or kind not in ONE_MODEL_OUTPUTS}
     write_text_atomic(table3_markdown(summaries, names, title, extra_notes, statistics, caveat), outputs["table"])
     write_text_atomic(table3_csv(summaries, names, statistics), outputs["table_csv"])
-    write_text_atomic(per_organ_markdown(summaries, names, statistics, caveat), outputs["per_organ"])
+    runs_by_model = {m: [every[paths.index(p)] for p in seeds_of[m]] for m in models}
+    write_text_atomic(per_organ_markdown(summaries, names, statistics, caveat) + "\n"
+                      + organ_distribution_markdown(runs_by_model), outputs["per_organ"])
     write_text_atomic(per_organ_csv(summaries, names, statistics), outputs["per_organ_csv"])
     plot_per_organ_dice(summaries, names, outputs["plot"], caveat)
     if statistics is None:  # a single model: what an earlier compare into this folder left would contradict it

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from nnunet_poolskip.evaluation import comparison_figures
 from nnunet_poolskip.evaluation.comparison_tables import CompareInputError, compare_summaries
 from nnunet_poolskip.evaluation.evaluate_predictions import summarize
 from nnunet_poolskip.evaluation.statistics import FOREGROUND, find, seed_entries, sign_flip_p
@@ -99,7 +100,11 @@ def test_run_noise_hides_in_each_seed_but_not_across_seeds(tmp_path):
     assert fg["primary"] and fg["verdict"] == "inconclusive" and "not significant" in table
 
 
-def test_a_true_effect_consistent_over_seeds_is_found(tmp_path):
+def test_a_true_effect_consistent_over_seeds_is_found(tmp_path, monkeypatch):
+    figures = {}
+    saved = comparison_figures.save_figure
+    monkeypatch.setattr(comparison_figures, "save_figure",
+                        lambda fig, path: (figures.__setitem__(path.name, fig), saved(fig, path)))
     rng = np.random.default_rng(2)
     a = 0.80 + rng.normal(0, 0.02, (5, 12)) + rng.normal(0, 0.005, (5, 1))
     b = a + 0.05 + rng.normal(0, 0.005, (5, 1)) + rng.normal(0, 0.005, (5, 12))
@@ -111,6 +116,13 @@ def test_a_true_effect_consistent_over_seeds_is_found(tmp_path):
     assert fg["ci95"][0] > 0.01 and fg["p"] < 0.001 and fg["seeds_better"] == 5
     assert fg["primary"] and fg["p_holm"] == fg["p"] and fg["verdict"] == "above_margin"
     assert "better by more than 1.00" in table and "; significant" in table
+    forest = figures["differences.png"]
+    assert "covering retraining and case sampling" in forest.get_suptitle()
+    filled = [line for line in forest.axes[0].lines if line.get_marker() == "o"]
+    assert filled and all(line.get_markerfacecolor() != "white" for line in filled)  # Dice foreground: significant
+    # the spleen is 0.9 in every seed of both: no interval to print, it says so
+    per_organ = (tmp_path / "out" / "per_organ.md").read_text()
+    assert "identical in 12/12 x 5 seeds (both 90)" in per_organ
 
 
 def test_one_seed_says_what_it_covers_and_never_significant(tmp_path):
@@ -122,6 +134,7 @@ def test_one_seed_says_what_it_covers_and_never_significant(tmp_path):
     assert fg["scope"] == "cases" and "seed" not in fg and fg["n_seeds"] == {"A": 1, "B": 1}
     assert "test-case sampling only" in table and "--seeds 0 1 2 3 4" in table and "S >= 5" in table
     assert "significant" not in table.replace("called significant", "")
+    assert "identical in 12/12 (both 90)" in (tmp_path / "out" / "per_organ.md").read_text()
 
 
 def test_hallucinated_organ_counts_against_the_model(tmp_path):
@@ -147,6 +160,10 @@ def test_hallucinated_organ_counts_against_the_model(tmp_path):
         fg = find(statistics, "B", "dice", FOREGROUND)
         assert fg["mean_difference"] == pytest.approx(np.mean([0.01, 0.01, 0.01, 0, 0, 0]))
         assert statistics["empty_reference_source"] == ("recorded" if record else "inferred")
+        per_organ = (folder / "out" / "per_organ.md").read_text()
+        # median [IQR] over the 3 cases with a spleen, and the false positives where it is absent
+        assert "| 2 spleen | 80.0 [79.0, 81.0]; 0/3 failed; FP 0/3 | 82.0 [81.0, 83.0]; 0/3 failed; FP 3/3 |" \
+            in per_organ
 
 
 def exhaustive_p(d):

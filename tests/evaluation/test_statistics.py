@@ -14,7 +14,7 @@ import pytest
 from scipy import stats
 
 from nnunet_poolskip.cli import main
-from nnunet_poolskip.evaluation import comparison_tables
+from nnunet_poolskip.evaluation import comparison_figures
 from nnunet_poolskip.evaluation.evaluate_predictions import summarize
 from nnunet_poolskip.evaluation.statistics import holm, paired_statistics
 
@@ -191,8 +191,8 @@ def test_degenerate_conventions():
 
 def test_tables_show_interval_p_and_small_n_in_words(tmp_path, monkeypatch):
     figures = {}
-    saved = comparison_tables.save_figure
-    monkeypatch.setattr(comparison_tables, "save_figure",
+    saved = comparison_figures.save_figure
+    monkeypatch.setattr(comparison_figures, "save_figure",
                         lambda fig, path: (figures.__setitem__(path.name, fig), saved(fig, path)))
     rng = np.random.default_rng(3)
     a = write_summary(tmp_path / "a" / "summary.json", random_values(rng, ["p", "q", "r", "s"]))
@@ -220,8 +220,17 @@ def test_tables_show_interval_p_and_small_n_in_words(tmp_path, monkeypatch):
     assert per_organ.startswith("> **SMOKE-SCALE run on synthetic phantoms**\n")
     assert "cannot reach p < 0.05" in per_organ
     forest = figures["differences.png"]
-    assert [t.get_text() for t in forest.axes[0].get_yticklabels()] == [
-        "foreground, per-case mean (n=4) ‡", "liver (n=4) ‡", "spleen (n=4) ‡", "pancreas (n=4) ‡"]
+    # the foreground in a panel of its own scale (first row), the organs below (second row, first column)
+    assert [t.get_text() for t in forest.axes[0].get_yticklabels()] == ["foreground, per-case mean (n=4) ‡"]
+    assert [t.get_text() for t in forest.axes[3].get_yticklabels()] == [
+        "liver (n=4) ‡", "spleen (n=4) ‡", "pancreas (n=4) ‡"]
+    assert forest.axes[0].get_xlim() != forest.axes[3].get_xlim()
+    assert "ONE RUN PER MODEL" in forest.get_suptitle()
+    legend = [t.get_text() for t in forest.legends[0].get_texts()]
+    assert "one run per model: interval over test cases only, never called significant" in legend
+    # no filled point: one run per model is never called significant
+    assert all(line.get_markerfacecolor() == "white" for axes in forest.axes for line in axes.lines
+               if line.get_marker() == "o")
     assert any("cannot reach p < 0.05" in t.get_text() for t in forest.legends[0].get_texts())
 
     csv_row = (out / "table3.csv").read_text().splitlines()
@@ -272,13 +281,13 @@ def test_foreground_text_counts_what_is_averaged(tmp_path):
 def test_figures_carry_the_caveat_and_stay_readable(tmp_path, monkeypatch, pair):
     a_path, b_path = pair
     titles = []
-    original = comparison_tables.save_figure
+    original = comparison_figures.save_figure
 
     def recording_save(figure, path, **kwargs):
         titles.append((path.name, figure.get_suptitle().replace("\n", " ")))
         original(figure, path, **kwargs)
 
-    monkeypatch.setattr(comparison_tables, "save_figure", recording_save)
+    monkeypatch.setattr(comparison_figures, "save_figure", recording_save)
     out = tmp_path / "cmp"
     caveat = "SMOKE-SCALE run on synthetic phantoms - says nothing about Pool Skip on real data"
     assert main(["compare", str(a_path), str(b_path), str(b_path), "--names", "base", "ours", "again", "-o", str(out),
