@@ -1,9 +1,9 @@
 """The evidence sections of a benchmark's table.md beyond compare's numbers, and the files behind them.
 
 - Spread between seeds (``--seeds``): per model, the foreground Dice of every seed's ensemble (each seed's
-  ``evaluate`` summary), their mean and sample SD over seeds; per baseline / Pool Skip pair one sentence saying
-  whether the difference of the seed means is larger than the spread between seeds, defined as the larger of the
-  two models' SDs over seeds (with one seed the spread is unknown and the sentence says so).
+  ``evaluate`` summary), their mean and sample SD over seeds. Descriptive only: whether a difference exceeds the
+  retraining noise is the across-seeds test of compare's statistics (the paired-statistics section), not a
+  comparison of two SDs.
 - Paired statistics: per baseline / Pool Skip pair, compare's paired foreground statistics of the model against its
   own baseline (its statistics.json, formatted by compare's own table function), and its forest plot copied as
   ``differences_<model>.png``.
@@ -69,21 +69,6 @@ def seed_spreads(models: Sequence[Model], seed_summaries: Mapping[str, Mapping[i
     return spreads
 
 
-def spread_sentence(base: SeedSpread, model: SeedSpread) -> str:
-    """Whether ``model`` differs from ``base`` by more than the spread between seeds, in one sentence."""
-    if base.mean is None or model.mean is None:
-        return f"{model.model.display} vs {base.model.display}: no foreground Dice to compare."
-    difference = 100 * (model.mean - base.mean)
-    if base.sd is None or model.sd is None:
-        return (f"{model.model.display} vs {base.model.display}: the difference is {difference:+.2f} points, but with "
-                f"one seed the spread between seeds is unknown (run with --seeds 0 1 2 to measure it).")
-    spread = 100 * max(base.sd, model.sd)
-    verdict = "larger" if abs(difference) > spread else "NOT larger"
-    return (f"{model.model.display} vs {base.model.display}: the difference of the seed means, {difference:+.2f} "
-            f"points, is {verdict} than the spread between seeds (SD over {len(model.per_seed)} seeds: "
-            f"{spread:.2f} points, the larger of the two models' SDs).")
-
-
 def seed_section(models: Sequence[Model], spreads: Mapping[str, SeedSpread],
                  pairs: Sequence[Tuple[Model, Model]]) -> List[str]:
     """table.md's section on the spread between seeds (a Markdown table and one sentence per pair)."""
@@ -91,8 +76,8 @@ def seed_section(models: Sequence[Model], spreads: Mapping[str, SeedSpread],
     lines = ["## Spread between seeds", "",
              f"Every model x fold was trained once per seed ({', '.join(map(str, seeds))}); each seed's folds were "
              f"ensembled and evaluated on their own. Foreground Dice (%) of each seed's ensemble, their mean and "
-             f"sample SD over seeds (percentage points). The tables above and the paired statistics use each test "
-             f"case's values averaged over the seeds.", "",
+             f"sample SD over seeds (percentage points), descriptive. The tables above show each test case's values "
+             f"averaged over the seeds; the paired statistics use every seed (across seeds and cases).", "",
              "| Model | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | SD over seeds |",
              "|---|" + ":---:|" * (len(seeds) + 2)]
     for model in models:
@@ -101,8 +86,6 @@ def seed_section(models: Sequence[Model], spreads: Mapping[str, SeedSpread],
         cells += ["n/a" if spread.mean is None else f"{100 * spread.mean:.2f}",
                   "n/a" if spread.sd is None else f"{100 * spread.sd:.2f}"]
         lines.append(f"| {model.display} | " + " | ".join(cells) + " |")
-    if pairs:
-        lines += ["", *[spread_sentence(spreads[base.name], spreads[model.name]) for base, model in pairs]]
     return lines
 
 
@@ -140,10 +123,10 @@ def statistics_section(pairs: Sequence[Tuple[Model, Model]], outputs: Mapping[st
         statistics = json.loads((folder / "statistics.json").read_text())
         row = {"model": model.display, **{f"paired_{metric}": find(statistics, model.display, metric, FOREGROUND)
                                           for metric, _ in METRIC_COLUMNS}}
-        lines += ["", paired_table_markdown([{"model": base.display}, row], base.display)]
+        lines += ["", paired_table_markdown([{"model": base.display}, row], base.display, statistics)]
     if not lines:
         return []
-    what = ("each test case's values averaged over the seeds first" if averaged_over_seeds else "one run per fold")
+    what = ("every seed's ensemble, across seeds and cases" if averaged_over_seeds else "one run per fold")
     return ["## Paired statistics, each Pool Skip model against its own baseline", "",
             f"Over the test cases ({what}); forest plots: "
             + ", ".join(DIFFERENCES_FIGURE.format(model=model.name) for _, model in pairs)

@@ -2,8 +2,9 @@
 average of the folds) on the held-out test set -> ``evaluate`` -> ``compare`` -> table.md.
 
 With ``--seeds``, prediction and evaluation run per model x seed (the ensemble of that seed's folds, into
-``predictions/seed_<s>/<model>`` and ``summaries/seed_<s>/<model>.json``), and ``summaries/<model>.json``, what
-``compare`` gets, holds each test case's values averaged over the seeds (evaluation/summaries.py). For every
+``predictions/seed_<s>/<model>`` and ``summaries/seed_<s>/<model>.json``); ``compare`` gets every seed's summary under
+its model's name, so that its headline statistics cover retraining and case sampling, and ``summaries/<model>.json``
+holds each test case's values averaged over the seeds (evaluation/summaries.py) for reference. For every
 baseline / Pool Skip pair ``nnunet-poolskip diagnose`` runs on every fold x seed (``diagnostics/``). Then
 table.md with the evidence sections (evidence.py), and the figures: training curves, overlays, per-layer l2/l1.
 
@@ -261,8 +262,12 @@ class Finish:
         outputs = {}
         for group_name, group in comparison_groups(models).items():
             folder = compare_root / group_name
-            argv = [executable("nnunet-poolskip"), "compare", *[str(summaries[models.index(m)]) for m in group],
-                    "--names", *[m.display for m in group], "-o", str(folder),
+            # with --seeds, every seed's own summary under its model's name: compare's headline statistics are then
+            # the across-seeds test (retraining and case sampling), not a test on seed-averaged cases
+            inputs = [(str(path), m.display) for m in group
+                      for path in self._compare_inputs(m, summaries[models.index(m)], seed_summaries)]
+            argv = [executable("nnunet-poolskip"), "compare", *[path for path, _ in inputs],
+                    "--names", *[name for _, name in inputs], "-o", str(folder),
                     "--title", short_title(self.config)]
             if caveat:
                 argv += ["--caveat", caveat]
@@ -296,6 +301,15 @@ class Finish:
         self.steps.say("")
         self.steps.say(files["table"].read_text())
         self.steps.say("wrote " + ", ".join(str(p) for p in files.values()))
+
+    @staticmethod
+    def _compare_inputs(model: Model, summary: Path, seed_summaries: Mapping[str, Mapping[Optional[int], Path]]
+                        ) -> List[Path]:
+        """The summaries compare gets for ``model``: each seed's own (in seed order), or the one unseeded run's."""
+        per_seed = seed_summaries.get(model.name) or {}
+        if not per_seed or list(per_seed) == [None]:
+            return [summary]
+        return [per_seed[seed] for seed in sorted(per_seed)]
 
     def figures(self, models: Sequence[Model], seed_summaries: Mapping[str, Mapping[Optional[int], Path]],
                 caveat: Optional[str]) -> Dict[str, Path]:

@@ -7,14 +7,23 @@ import sys
 
 NAME = "compare"
 HELP = ("compare summary.json files of nnunet-poolskip evaluate: Table 3 layout (DICE, NSD, mIoU in percent, deltas "
-        "against the first), paired statistics against the first (bootstrap interval, Wilcoxon, Holm), per-organ "
-        "tables, plots")
+        "against the first), paired statistics against the first (one seed: permutation test and BCa interval over "
+        "cases; several seeds: across seeds and cases), a primary endpoint with a margin, per-organ tables, plots")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("summaries", nargs="+", metavar="SUMMARY_JSON",
                         help="summary.json files; the first is the baseline of the deltas")
-    parser.add_argument("--names", nargs="+", help="model names, one per summary (default: their folder names)")
+    parser.add_argument("--names", nargs="+",
+                        help="model names, one per summary (default: their folder names); summaries that share a name "
+                             "are the seeds of one model (e.g. --names A A A B B B for three seeds each): the "
+                             "headline statistics then cover retraining and case sampling")
+    parser.add_argument("--margin", type=float, default=1.0, metavar="POINTS",
+                        help="practical margin of the primary endpoint in Dice points (default 1): the interval inside "
+                             "+-margin is 'equivalent', entirely above/below it 'better'/'worse', else 'inconclusive'")
+    parser.add_argument("--primary", nargs="+", metavar="NAME",
+                        help="models whose foreground Dice against the first is the primary endpoint (Holm over "
+                             "them; default: every model after the first)")
     parser.add_argument("-o", "--output", required=True,
                         help="output folder: table3.md, table3.csv, per_organ.md, per_organ.csv, per_organ_dice.png, "
                              "and with two or more summaries statistics.json and differences.png")
@@ -30,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         check_output_path(args.output, "-o/--output", folder=True)
-        outputs = compare_summaries(args.summaries, args.names, args.output, args.title, args.caveat)
+        outputs = compare_summaries(args.summaries, args.names, args.output, args.title, args.caveat,
+                                    margin=args.margin / 100, primary=args.primary)
     except (CompareInputError, OutputPathError) as error:
         print(f"nnunet-poolskip compare: error: {error}", file=sys.stderr)
         return 2

@@ -1,10 +1,14 @@
-"""Comparison tables and plots from several summary.json files (``nnunet-poolskip compare``).
+"""Comparison tables from several summary.json files (``nnunet-poolskip compare``).
 
-The main table has the paper's Table 3 layout: one row per model, DICE (%), NSD (%) and mIoU (%) of the
-foreground means, and for every model after the first its difference to the first (``81.52 +0.95``). Under it,
-the paired statistics of every model against the first (``statistics.py``): the mean per-case difference with
-its 95% bootstrap interval and the Wilcoxon p (``+0.95 [-0.40, +2.31] p=0.21``), per organ in the per-organ
-tables. Figures: per-case Dice per organ and model (box plots) and a forest plot of the paired differences.
+The main table has the paper's Table 3 layout: one row per model, DICE (%), NSD@tolerance (%) and mIoU (%) of the
+foreground means, and for every model after the first its difference to the first (``81.52 +0.95``); a model given
+with several seeds (summaries sharing a name) shows each case's values averaged over its seeds. Under it, the paired
+statistics of every model against the first (statistics.json, computed by ``statistics.py`` and
+``seed_statistics.py``; nothing is computed here): the mean per-case difference with its 95% interval and the p of
+the matching test (``+0.95 [-0.40, +2.31] p=0.21``), what that interval covers (one run: test cases only; several
+seeds: retraining and cases), the primary endpoint's margin verdict and each seed's own difference; per organ in the
+per-organ tables, with the distribution behind each mean (``organ_distribution.py``). Figures:
+``comparison_figures.py``.
 
 A summary counts as incomplete when it says ``"complete": false`` or lists ``missing_predictions``; its row is
 marked with a dagger and every summary's ``notes`` are printed under the table (see ``evaluate_predictions.py``).
@@ -14,76 +18,40 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import math
 import os
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
-import numpy as np
-
+from nnunet_poolskip.evaluation.comparison_figures import plot_differences, plot_per_organ_dice  # noqa: F401
+from nnunet_poolskip.evaluation.comparison_names import (  # noqa: F401  (re-exported)
+    METRIC_COLUMNS,
+    METRIC_NAMES,
+    SMALL_N_MARK,
+    difference_name,
+)
+from nnunet_poolskip.evaluation.organ_distribution import organ_distribution_markdown
 from nnunet_poolskip.evaluation.statistics import (
+    DEFAULT_MARGIN,
     FOREGROUND,
+    PERMUTATIONS,
+    SCOPE_SEEDS,
     SIGNIFICANCE_LEVEL,
     can_reach_significance,
     comparison_statistics,
     find,
+    group_by_name,
+    seed_entries,
+)
+from nnunet_poolskip.evaluation.summary_io import (  # noqa: F401  (re-exported: compare's public names)
+    REQUIRED_KEYS,
+    CompareInputError,
+    check_comparable,
+    is_incomplete,
+    load_summary,
 )
 from nnunet_poolskip.utilities.atomic import write_json_atomic, write_text_atomic
-from nnunet_poolskip.utilities.figures import READER_WIDTH_INCHES, new_figure, save_figure, set_title
 
-METRIC_COLUMNS = (("dice", "DICE (%)"), ("nsd", "NSD (%)"), ("iou", "mIoU (%)"))
-METRIC_NAMES = {"dice": "Dice", "nsd": "NSD", "iou": "IoU"}
-SMALL_N_MARK = "‡"
-REQUIRED_KEYS = ("labels", "nsd_tolerance_mm", "per_case", "mean", "foreground_mean")
 INCOMPLETE_MARK = "†"
-
-
-class CompareInputError(ValueError):
-    """Summaries that cannot be compared; the message names the files."""
-
-
-def load_summary(path: os.PathLike | str) -> Dict:
-    """Read a summary.json written by ``nnunet-poolskip evaluate`` and check that it has the needed keys."""
-    path = Path(path)
-    if not path.is_file():
-        raise CompareInputError(f"summary {path} does not exist")
-    try:
-        summary = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise CompareInputError(f"summary {path} is not valid JSON: {error}") from None
-    missing = [k for k in REQUIRED_KEYS if k not in summary] if isinstance(summary, dict) else list(REQUIRED_KEYS)
-    if missing:
-        raise CompareInputError(f"summary {path} lacks {missing}: is it a summary.json of nnunet-poolskip evaluate?")
-    return summary
-
-
-def is_incomplete(summary: Mapping) -> bool:
-    """True when the summary says it was made from incomplete runs (``complete`` false or missing predictions)."""
-    return summary.get("complete") is False or bool(summary.get("missing_predictions"))
-
-
-def check_comparable(summaries: Sequence[Mapping], paths: Sequence[str]) -> List[str]:
-    """Raise if the summaries score different labels or use different NSD tolerances; return notes on lesser
-    differences (different case sets)."""
-    first_labels, first_tol = set(summaries[0]["labels"]), summaries[0]["nsd_tolerance_mm"]
-    for summary, path in zip(summaries[1:], paths[1:]):
-        if set(summary["labels"]) != first_labels:
-            raise CompareInputError(f"{path} scores labels {sorted(summary['labels'], key=int)}, but {paths[0]} "
-                                    f"scores {sorted(first_labels, key=int)}")
-        differing = [k for k in first_tol if not math.isclose(summary["nsd_tolerance_mm"][k], first_tol[k])]
-        if differing:
-            raise CompareInputError(f"{path} and {paths[0]} use different NSD tolerances for labels {differing} "
-                                    f"({[summary['nsd_tolerance_mm'][k] for k in differing]} vs "
-                                    f"{[first_tol[k] for k in differing]} mm): their NSD is not comparable")
-    notes = []
-    first_cases = [c["case"] for c in summaries[0]["per_case"]]
-    for summary, path in zip(summaries[1:], paths[1:]):
-        cases = [c["case"] for c in summary["per_case"]]
-        if set(cases) != set(first_cases):
-            notes.append(f"{path} was evaluated on {len(cases)} cases, {paths[0]} on {len(first_cases)}; "
-                         f"{len(set(cases) ^ set(first_cases))} cases are not in both")
-    return notes
 
 
 def _percent(value: Optional[float]) -> Optional[float]:
@@ -145,15 +113,26 @@ def p_text(p: Optional[float]) -> str:
     return f"{p:.3f}" if p < 0.01 else f"{p:.2f}"
 
 
+def is_identical(entry: Mapping) -> bool:
+    """True when every difference of the entry is zero (both models scored the same everywhere)."""
+    return entry["n"] > 0 and entry["ties"] == entry["n"] and entry["mean_difference"] == 0 and \
+        entry["ci95"] == [0.0, 0.0]
+
+
 def difference_cell(entry: Optional[Mapping], holm: bool = False) -> str:
-    """``+0.95 [-0.40, +2.31] p=0.21`` (percentage points), ``(Holm 1.00)`` added when asked, and the small-n mark
-    when the test cannot reach 0.05 with so few nonzero differences."""
+    """``+0.95 [-0.40, +2.31] p=0.21`` (percentage points; ``p`` is the test that matches the interval),
+    ``(Holm 1.00)`` added when asked, the small-n mark when the test cannot reach 0.05 with so few nonzero
+    differences; ``identical in 12/12 (both 0)`` when every difference is zero."""
     if entry is None or entry["n"] == 0:
         return "n/a (no case with values in both)"
+    if is_identical(entry):
+        seeds = max(entry.get("n_seeds", {}).values(), default=1)
+        over = f" x {seeds} seeds" if entry.get("scope") == SCOPE_SEEDS else ""
+        return f"identical in {entry['n']}/{entry['n']}{over} (both {100 * entry['mean_a']:.4g})"
     text = _signed_points(entry["mean_difference"])
     interval = entry["ci95"]
     text += f" [{_signed_points(interval[0])}, {_signed_points(interval[1])}]" if interval else " [n/a]"
-    p = p_text(entry["p_wilcoxon"])
+    p = p_text(entry.get("p", entry.get("p_wilcoxon")))
     text += f" p{p}" if p.startswith("<") else f" p={p}"
     if holm and entry["label"] != FOREGROUND:
         text += f" (Holm {p_text(entry['p_holm'])})"
@@ -166,11 +145,11 @@ def _small_n_note(entries: Sequence[Mapping]) -> List[str]:
     """Say in words where the Wilcoxon test cannot reach the significance level at all."""
     if all(can_reach_significance(e) for e in entries if e is not None and e["n"] > 0):
         return []
-    return [f"{SMALL_N_MARK} marks a difference where at most 5 cases differ (k = wins + losses; n counts the cases "
-            f"with values in both, ties are dropped by the test): with k nonzero differences the smallest possible "
-            f"two-sided Wilcoxon p is 2/2^k (k = 5: 0.0625), so the test cannot reach p < {SIGNIFICANCE_LEVEL:g} "
-            f"there whatever the models do. Too few cases to show a difference; the bootstrap interval, too, tends "
-            f"to be too narrow with so few cases."]
+    return [f"{SMALL_N_MARK} marks a difference where at most 5 cases differ (k = wins + losses; zero differences "
+            f"do not change a sign-flip): with k nonzero differences the smallest two-sided p of the exact "
+            f"permutation test is 2/2^k (k = 5: 0.0625), so it cannot reach p < {SIGNIFICANCE_LEVEL:g} there "
+            f"whatever the models do. Too few cases to show a difference; the bootstrap interval, too, tends to be "
+            f"too narrow with so few cases."]
 
 
 def model_rows(summaries: Sequence[Mapping], names: Sequence[str], statistics: Optional[Mapping] = None) -> List[Dict]:
@@ -216,27 +195,121 @@ def _notes_block(summaries: Sequence[Mapping], names: Sequence[str], extra_notes
     return ("\n\nNotes:\n" + "\n".join(lines)) if lines else ""
 
 
-def _difference_name(name: str, baseline: str) -> str:
-    return f"{name} − {baseline}"
+_difference_name = difference_name
 
 
-def paired_table_markdown(rows: Sequence[Mapping], baseline: str) -> str:
-    """The paired foreground statistics of every model against the first, in percentage points."""
+SEEDS_COMMAND = "nnunet-poolskip benchmark ... --seeds 0 1 2 3 4"
+RECOMMENDED_SEEDS = 5
+
+
+def verdict_text(entry: Mapping) -> str:
+    """The margin verdict of a foreground entry in words (``equivalent within ±1.00``...)."""
+    margin = 100 * entry.get("margin", DEFAULT_MARGIN)
+    return {"equivalent": f"equivalent: interval inside ±{margin:.2f}",
+            "above_margin": f"better by more than {margin:.2f}",
+            "below_margin": f"worse by more than {margin:.2f}",
+            "inconclusive": f"inconclusive at ±{margin:.2f}"}.get(entry.get("verdict"), "n/a")
+
+
+def primary_cell(entry: Optional[Mapping]) -> str:
+    """The primary endpoint's verdict cell: margin verdict and Holm p; "significant" only across seeds."""
+    if entry is None or not entry.get("primary"):
+        return "–"
+    text = verdict_text(entry) + f"; Holm p={p_text(entry['p_holm'])}" if entry["p_holm"] is not None else \
+        verdict_text(entry)
+    if entry.get("scope") == SCOPE_SEEDS and entry["p_holm"] is not None:
+        text += "; significant" if entry["p_holm"] < SIGNIFICANCE_LEVEL else "; not significant"
+    elif entry.get("scope") != SCOPE_SEEDS:
+        text += "; over cases only (one run)"
+    return text
+
+
+def scope_text(entry: Optional[Mapping]) -> str:
+    """What an entry's interval covers, short: ``3 seeds x 12 cases`` or ``1 run, 12 cases``."""
+    if entry is None:
+        return "n/a"
+    if entry.get("scope") == SCOPE_SEEDS:
+        return f"{max(entry['n_seeds'].values())} seeds x {entry['n']} cases"
+    return f"1 run, {entry['n']} cases"
+
+
+def scope_notes(entries: Sequence[Optional[Mapping]]) -> List[str]:
+    """Paragraphs saying what the intervals and p values cover, for the scopes present among ``entries``."""
+    scopes = {e.get("scope") for e in entries if e is not None}
+    notes = []
+    if scopes - {SCOPE_SEEDS}:
+        notes.append(f"**One training run per model: the interval and p cover test-case sampling only.** They treat "
+                     f"the two trained models as fixed and say which test cases could have been drawn; a single "
+                     f"training run cannot separate the model from retraining noise (nnU-Net's run-to-run spread is "
+                     f"1-3 Dice points), so no difference here is called significant. Train several seeds "
+                     f"(`{SEEDS_COMMAND}`, or `nnunet-poolskip compare` with each seed's summary under the same "
+                     f"--names), S >= {RECOMMENDED_SEEDS} before a claim. Interval: BCa bootstrap over cases; p: "
+                     f"exact sign-flip permutation test of the mean (sampled with {PERMUTATIONS} sign vectors beyond "
+                     f"16 differing cases).")
+    if SCOPE_SEEDS in scopes:
+        notes.append("**Across seeds and cases: the interval and p cover retraining and test-case sampling** "
+                     "(crossed random-effects model on the per-seed, per-case differences, seed s of each model "
+                     "paired; Satterthwaite t interval and t test; calibration: benchmarks/RESULTS.md). "
+                     f"Significant means Holm-adjusted p < {SIGNIFICANCE_LEVEL:g} on the primary endpoint."
+                     + ("" if min(max(e["n_seeds"].values()) for e in entries if e is not None
+                                  and e.get("scope") == SCOPE_SEEDS) >= RECOMMENDED_SEEDS
+                        else f" Fewer than {RECOMMENDED_SEEDS} seeds: the interval is wide by design; "
+                             f"S >= {RECOMMENDED_SEEDS} is recommended before a claim."))
+    return notes
+
+
+def seed_lines(statistics: Optional[Mapping], models: Sequence[str], metric: str = "dice") -> List[str]:
+    """Per model with several seeds: each seed's own foreground difference with its case interval, and "better in k
+    of S seeds"."""
+    lines = []
+    for model in models:
+        per_seed = seed_entries(statistics, model, metric, FOREGROUND) if statistics else []
+        if not per_seed:
+            continue
+        better = sum(e["mean_difference"] is not None and e["mean_difference"] > 0 for e in per_seed)
+        cells = "; ".join(f"seed {e['seed']}: {difference_cell(e)}" for e in per_seed)
+        lines.append(f"- {model}, foreground {METRIC_NAMES[metric]} per seed (each seed's own pair, interval over "
+                     f"cases only): {cells}. Better in {better} of {len(per_seed)} seeds.")
+    return lines
+
+
+def nsd_name(summary: Optional[Mapping]) -> str:
+    """``NSD@1 mm`` (one tolerance for every label) or ``NSD@per-organ mm``."""
+    if summary is None:
+        return "NSD"
+    values = sorted(set(float(v) for v in summary["nsd_tolerance_mm"].values()))
+    return f"NSD@{values[0]:g} mm" if len(values) == 1 else "NSD@per-organ mm"
+
+
+def paired_table_markdown(rows: Sequence[Mapping], baseline: str, statistics: Optional[Mapping] = None,
+                          summary: Optional[Mapping] = None) -> str:
+    """The paired foreground statistics of every model against the first, in percentage points, with what their
+    intervals cover, the primary endpoint's margin verdict and (with ``statistics``) each seed's own difference.
+
+    Args:
+        rows: :func:`model_rows` (the first is the baseline).
+        baseline: its name.
+        statistics: statistics.json's content, for the per-seed lines.
+        summary: a summary.json, for the NSD tolerance in the header.
+    """
     body, entries = [], []
     for row in rows[1:]:
         cells = [row[f"paired_{metric}"] for metric, _ in METRIC_COLUMNS]
         entries += cells
-        ns = sorted({e["n"] for e in cells if e is not None})
-        body.append([_difference_name(row["model"], baseline), " / ".join(map(str, ns)) or "0"]
-                    + [difference_cell(e) for e in cells])
-    header = ["Comparison", "n"] + [f"Δ {column}" for _, column in METRIC_COLUMNS]
-    text = (f"Paired differences against {baseline} (percentage points): the mean over the test cases of the "
-            f"per-case difference of the foreground mean (over the labels a case has), [95% percentile-bootstrap "
-            f"interval], two-sided Wilcoxon signed-rank p; n = cases with values in both. This can differ from the "
-            f"delta above, which compares means of per-label means. Per organ: per_organ.md; details: "
-            f"statistics.json.\n\n" + _markdown(header, body))
+        body.append([_difference_name(row["model"], baseline), scope_text(cells[0])]
+                    + [difference_cell(e) for e in cells] + [primary_cell(cells[0])])
+    names = {"dice": "Dice", "nsd": nsd_name(summary), "iou": "IoU"}
+    header = ["Comparison", "over"] + [f"Δ {names[metric]}" for metric, _ in METRIC_COLUMNS] + \
+        ["primary endpoint (foreground Dice)"]
+    text = (f"Paired differences against {baseline} (percentage points): the mean of the per-case difference of the "
+            f"foreground mean (over the organs present in the case's reference, the same for both models), "
+            f"[95% interval], p of the test that matches it. This can differ from the delta above, which compares "
+            f"means of per-label means. Per organ: per_organ.md; details: statistics.json.\n\n"
+            + _markdown(header, body))
+    text += "\n\n" + "\n\n".join(scope_notes(entries))
+    seeds = seed_lines(statistics, [row["model"] for row in rows[1:]])
     note = _small_n_note(entries)
-    return text + ("\n\n" + "\n".join(note) if note else "")
+    return text + ("\n\n" + "\n".join(seeds) if seeds else "") + ("\n\n" + "\n".join(note) if note else "")
 
 
 def table3_markdown(summaries: Sequence[Mapping], names: Sequence[str], title: Optional[str] = None,
@@ -249,14 +322,19 @@ def table3_markdown(summaries: Sequence[Mapping], names: Sequence[str], title: O
     for index, row in enumerate(rows):
         label = row["model"] + (f" {INCOMPLETE_MARK}" if row["incomplete"] else "")
         body.append([label] + [_format(row[m], rows[0][m], with_delta=index > 0) for m, _ in METRIC_COLUMNS])
-    header = ["Model"] + [f"{title} {c} ↑" if title else f"{c} ↑" for _, c in METRIC_COLUMNS]
+    columns = [c.replace("NSD", nsd_name(summaries[0])) for _, c in METRIC_COLUMNS]
+    header = ["Model"] + [f"{title} {c} ↑" if title else f"{c} ↑" for c in columns]
     tolerance = _tolerance_text(summaries[0])
     text = _caveat_block(caveat) + (f"### {title}\n\n" if title else "") + _markdown(header, body)
-    text += f"\n\n{foreground_text(summaries, names)}; NSD tolerance {tolerance}; deltas in percentage points " \
-            f"against {names[0]}."
+    text += f"\n\n{foreground_text(summaries, names)}; NSD tolerance {tolerance} ({TOLERANCE_SOURCE}); deltas in " \
+            f"percentage points against {names[0]}."
     if statistics is not None and len(rows) > 1:
-        text += "\n\n" + paired_table_markdown(rows, names[0])
+        text += "\n\n" + paired_table_markdown(rows, names[0], statistics, summaries[0])
     return text + _notes_block(summaries, names, extra_notes) + "\n"
+
+
+TOLERANCE_SOURCE = ("the paper gives none: evaluate's --nsd-tolerances, default 1 mm for every organ as FLARE21 and "
+                    "AbdomenCT-1K")
 
 
 def _tolerance_text(summary: Mapping) -> str:
@@ -272,18 +350,20 @@ def _csv_number(value: Optional[float]) -> str:
 def _csv_statistics(entry: Optional[Mapping], holm: bool = False) -> List[str]:
     """n, mean difference, interval (percentage points), p (and Holm p) of a statistics entry as CSV cells."""
     if entry is None:
-        return [""] * (6 if holm else 5)
+        return [""] * (8 if holm else 7)
     interval = entry["ci95"] or [None, None]
     cells = [str(entry["n"]), _csv_number(_percent(entry["mean_difference"])),
              _csv_number(_percent(interval[0])), _csv_number(_percent(interval[1])),
-             "" if entry["p_wilcoxon"] is None else f"{entry['p_wilcoxon']:.6g}"]
+             "" if entry.get("p") is None else f"{entry['p']:.6g}",
+             "" if entry["p_wilcoxon"] is None else f"{entry['p_wilcoxon']:.6g}", entry.get("scope", "")]
     if holm:
         cells.append("" if entry["p_holm"] is None else f"{entry['p_holm']:.6g}")
     return cells
 
 
 def _csv_statistics_header(metric: str, holm: bool = False) -> List[str]:
-    names = ["n_paired", "paired_delta", "ci95_low", "ci95_high", "p_wilcoxon"] + (["p_holm"] if holm else [])
+    names = ["n_paired", "paired_delta", "ci95_low", "ci95_high", "p", "p_wilcoxon", "scope"] + \
+        (["p_holm"] if holm else [])
     return [f"{name}_{metric}" for name in names]
 
 
@@ -329,9 +409,13 @@ def per_organ_markdown(summaries: Sequence[Mapping], names: Sequence[str], stati
     text += ("\n\nMeans over the cases where the label has a value (cases empty in reference and prediction are "
              "left out).")
     if statistics is not None and len(names) > 1:
-        text += (" Differences: mean of the per-case difference over the cases where both models have a value, "
-                 "[95% percentile-bootstrap interval], two-sided Wilcoxon signed-rank p, and in brackets the p "
-                 "after Holm's correction over the labels of that metric and model.")
+        text += (" Differences: mean of the per-case difference, where a case whose reference lacks the organ "
+                 "scores 1 for a model that predicts nothing there and 0 for one that predicts it (a false positive "
+                 "counts against it), [95% interval], p of the matching test (one run: BCa interval and exact "
+                 "sign-flip test over cases; several seeds: across seeds and cases), and in brackets the p after "
+                 "Holm's correction over the labels of that metric and model. statistics.json gives per organ the "
+                 "cases empty in the reference and each model's false positives.")
+        text += "\n\n" + "\n\n".join(scope_notes([e for e in entries if e is not None]))
         note = _small_n_note(entries)
         text += ("\n\n" + "\n".join(note)) if note else ""
     return text + "\n"
@@ -354,128 +438,6 @@ def per_organ_csv(summaries: Sequence[Mapping], names: Sequence[str], statistics
     return out.getvalue()
 
 
-ORGANS_PER_PANEL = 8
-
-
-def plot_per_organ_dice(summaries: Sequence[Mapping], names: Sequence[str], path: os.PathLike | str,
-                        caveat: Optional[str] = None) -> None:
-    """PNG of per-case Dice (%) per organ, one box per model with every case as a dot (cases empty in reference and
-    prediction left out), saved atomically.
-
-    At most ``ORGANS_PER_PANEL`` organs per row of panels, so that the figure stays readable 1600 px wide; the
-    legend sits under the panels, where it hides nothing."""
-    labels = list(summaries[0]["labels"].items())
-    chunks = [labels[i:i + ORGANS_PER_PANEL] for i in range(0, len(labels), ORGANS_PER_PANEL)]
-    n_models = len(summaries)
-    width = 0.8 / n_models
-    figure = new_figure(READER_WIDTH_INCHES, 3.4 * len(chunks) + 1.6 + (0.4 if caveat else 0))
-    axes_list = figure.subplots(len(chunks), 1, squeeze=False)[:, 0]
-    colours = [f"C{i}" for i in range(10)]
-    for axes, chunk in zip(axes_list, chunks):
-        for index, (summary, name) in enumerate(zip(summaries, names)):
-            data = [[100 * case["dice"][key] for case in summary["per_case"] if case["dice"].get(key) is not None]
-                    for key, _ in chunk]
-            positions = np.arange(len(chunk)) + (index - (n_models - 1) / 2) * width
-            colour = colours[index % len(colours)]
-            boxes = axes.boxplot([d if d else [np.nan] for d in data], positions=positions, widths=width * 0.9,
-                                 patch_artist=True, showfliers=False, manage_ticks=False,
-                                 medianprops={"color": "black"})  # the default orange vanishes in an orange box
-            for box in boxes["boxes"]:
-                box.set_facecolor(colour)
-                box.set_alpha(0.6)
-            # every case as a dot, so that a box of one or two cases still shows its colour and its n
-            jitter = np.random.default_rng(index)
-            for position, values in zip(positions, data):
-                axes.plot(position + jitter.uniform(-0.25, 0.25, len(values)) * width, values, "o", color=colour,
-                          markersize=4, markeredgecolor="black", markeredgewidth=0.4)
-        for position, (key, _) in enumerate(chunk):
-            if all(case["dice"].get(key) is None for summary in summaries for case in summary["per_case"]):
-                axes.text(position, 50, "no values", ha="center", va="center", color="0.4", fontsize=9)
-        axes.set_xticks(np.arange(len(chunk)))
-        axes.set_xticklabels([organ for _, organ in chunk], rotation=20, ha="right")
-        axes.set_xlim(-0.5, ORGANS_PER_PANEL - 0.5 if len(chunks) > 1 else len(chunk) - 0.5)
-        axes.set_ylabel("Dice (%)")
-        axes.set_ylim(0, 100)
-        axes.grid(axis="y", alpha=0.3)
-    handles = [matplotlib_patch(colours[i % len(colours)], name) for i, name in enumerate(names)]
-    figure.legend(handles=handles, loc="outside lower center", ncols=min(len(names), 4), frameon=False)
-    set_title(figure, "Per-case Dice per organ (cases empty in reference and prediction left out)", caveat)
-    save_figure(figure, path)
-
-
-def matplotlib_patch(colour: str, label: str):
-    """A legend entry: a filled square of ``colour``."""
-    from matplotlib.patches import Patch
-
-    return Patch(facecolor=colour, alpha=0.6, label=label)
-
-
-def plot_differences(statistics: Mapping, labels: Mapping[str, str], path: os.PathLike | str,
-                     caveat: Optional[str] = None) -> None:
-    """Forest plot of the paired differences (statistics.json's content): one panel per metric, one row per organ
-    and the per-case foreground mean on top, each model after the first as a point (mean difference, percentage
-    points) with its 95% bootstrap interval; a line at zero. Filled points: Holm-adjusted p < 0.05 (foreground:
-    the Wilcoxon p); open points: not. Organs without paired cases have no point; their row says so."""
-    comparisons = statistics["comparisons"]
-    models = list(dict.fromkeys(e["model"] for e in comparisons))
-    baseline = comparisons[0]["baseline"] if comparisons else ""
-    rows = [FOREGROUND] + list(labels)
-    names = {FOREGROUND: "foreground, per-case mean", **labels}
-    n_models = max(1, len(models))
-    row_height = 0.22 * n_models + 0.12
-    figure = new_figure(READER_WIDTH_INCHES, row_height * len(rows) + 2.0 + (0.4 if caveat else 0))
-    axes_list = figure.subplots(1, len(METRIC_COLUMNS), sharey=True, squeeze=False)[0]
-    colours = [f"C{i}" for i in range(10)]
-    offsets = (np.arange(n_models) - (n_models - 1) / 2) * (0.7 / n_models)
-    tick_labels, small = [], False
-    for row in rows:
-        entries = [e for e in comparisons if e["label"] == row and e["n"] > 0]
-        ns = sorted({e["n"] for e in entries if e["metric"] == "dice"})
-        text = names[row] + (f" (n={'/'.join(map(str, ns))})" if entries else " (no paired cases)")
-        if any(not can_reach_significance(e) for e in entries):
-            text += f" {SMALL_N_MARK}"
-            small = True
-        tick_labels.append(text)
-    for axes, (metric, _) in zip(axes_list, METRIC_COLUMNS):
-        axes.axvline(0, color="0.3", linewidth=1)
-        axes.axhline(0.5, color="0.7", linewidth=0.8)  # foreground above, organs below
-        for m, model in enumerate(models):
-            colour = colours[m % len(colours)]
-            for y, row in enumerate(rows):
-                entry = find(statistics, model, metric, row)
-                if entry is None or entry["n"] == 0:
-                    continue
-                position = y + offsets[m]
-                mean = 100 * entry["mean_difference"]
-                if entry["ci95"]:
-                    low, high = (100 * v for v in entry["ci95"])
-                    axes.plot([low, high], [position, position], color=colour, linewidth=1.6)
-                significant = entry["p_holm"] is not None and entry["p_holm"] < SIGNIFICANCE_LEVEL
-                axes.plot([mean], [position], marker="o", markersize=6, color=colour,
-                          markerfacecolor=colour if significant else "white", markeredgewidth=1.5)
-        axes.set_title(METRIC_NAMES[metric])
-        axes.set_xlabel("difference (percentage points)")
-        axes.grid(axis="x", alpha=0.3)
-        axes.set_ylim(len(rows) - 0.5, -0.5)
-    axes_list[0].set_yticks(range(len(rows)))
-    axes_list[0].set_yticklabels(tick_labels)
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], color=colours[m % len(colours)], marker="o", linewidth=1.6,
-                      label=_difference_name(model, baseline)) for m, model in enumerate(models)]
-    handles += [Line2D([], [], color="0.3", marker="o", linestyle="none", label=f"p < {SIGNIFICANCE_LEVEL:g} "
-                       "(organs: Holm-adjusted)"),
-                Line2D([], [], color="0.3", marker="o", markerfacecolor="white", linestyle="none",
-                       label=f"p ≥ {SIGNIFICANCE_LEVEL:g} or not testable")]
-    if small:
-        handles.append(Line2D([], [], linestyle="none", label=f"{SMALL_N_MARK} at most 5 cases differ: the test "
-                              f"cannot reach p < {SIGNIFICANCE_LEVEL:g}; the interval is unreliable"))
-    figure.legend(handles=handles, loc="outside lower center", ncols=2 if small else min(len(handles), 4),
-                  frameon=False)
-    set_title(figure, f"Paired differences against {baseline}: mean over cases and 95% bootstrap interval", caveat)
-    save_figure(figure, path)
-
-
 OUTPUT_FILES = {"table": "table3.md", "table_csv": "table3.csv", "per_organ": "per_organ.md",
                 "per_organ_csv": "per_organ.csv", "plot": "per_organ_dice.png", "statistics": "statistics.json",
                 "differences_plot": "differences.png"}
@@ -485,24 +447,32 @@ ONE_MODEL_OUTPUTS = ("statistics", "differences_plot")
 
 def compare_summaries(paths: Sequence[os.PathLike | str], names: Optional[Sequence[str]],
                       output_folder: os.PathLike | str, title: Optional[str] = None,
-                      caveat: Optional[str] = None) -> Dict[str, Path]:
+                      caveat: Optional[str] = None, margin: float = DEFAULT_MARGIN,
+                      primary: Optional[Sequence[str]] = None) -> Dict[str, Path]:
     """Write Table 3 (Markdown, CSV), the per-organ tables (Markdown, CSV), statistics.json and the two figures into
     ``output_folder``.
 
     Args:
-        paths: summary.json files; the first is the reference of the deltas and the baseline of the statistics.
-        names: model names (same number as paths); default: each summary's parent folder name.
+        paths: summary.json files; the first model is the reference of the deltas and the baseline of the
+            statistics.
+        names: model names (same number as paths); summaries that share a name are the seeds of one model (its
+            table row shows each case's values averaged over its seeds; the statistics use every seed). Default:
+            each summary's parent folder name.
         output_folder: created if needed.
         title: optional data set name shown above the table (e.g. BTCV).
         caveat: optional text shown at the top of the Markdown tables and in every figure's title (e.g. that this
             is a smoke-scale run on synthetic data).
+        margin: practical margin of the primary endpoint's verdict, a fraction (0.01 = 1 Dice point).
+        primary: models whose foreground Dice against the first is the primary endpoint (default: all others).
     Returns:
         Output kind -> path (keys of ``OUTPUT_FILES``; statistics.json and differences.png only with two or more
-        summaries).
+        models).
     Raises:
-        CompareInputError: unreadable summaries, a names/paths count mismatch, duplicate names, different
-            label sets or NSD tolerances.
+        CompareInputError: unreadable summaries, a names/paths count mismatch, models with different numbers of
+            seeds, an unknown primary model, different label sets or NSD tolerances.
     """
+    from nnunet_poolskip.evaluation.summaries import average_summaries
+
     paths = [str(p) for p in paths]
     if not paths:
         raise CompareInputError("give at least one summary.json")
@@ -511,21 +481,35 @@ def compare_summaries(paths: Sequence[os.PathLike | str], names: Optional[Sequen
     names = list(names)
     if len(names) != len(paths):
         raise CompareInputError(f"{len(paths)} summaries but {len(names)} names (--names)")
-    if len(set(names)) != len(names):
-        raise CompareInputError(f"model names must differ, got {names} (use --names)")
-    summaries = [load_summary(p) for p in paths]
-    extra_notes = check_comparable(summaries, paths)
-    statistics = comparison_statistics(summaries, names) if len(summaries) > 1 else None
+    if not 0 <= margin < 1:
+        raise CompareInputError(f"--margin {100 * margin:g} points: give a margin between 0 and 100 points")
+    every = [load_summary(p) for p in paths]
+    extra_notes = check_comparable(every, paths)
+    seeds_of = group_by_name(paths, names)
+    models = list(seeds_of)
+    counts = {m: len(seeds_of[m]) for m in models}
+    if len(set(counts.values())) > 1:
+        raise CompareInputError(f"models with different numbers of seeds (summaries per name): {counts}; the "
+                                f"across-seeds comparison pairs seed s of every model with seed s of {models[0]}")
+    summaries = [every[paths.index(seeds_of[m][0])] if counts[m] == 1 else
+                 average_summaries(seeds_of[m], [f"seed {i}" for i in range(counts[m])]) for m in models]
+    try:
+        statistics = comparison_statistics(every, names, margin, primary) if len(models) > 1 else None
+    except ValueError as error:
+        raise CompareInputError(str(error)) from None
+    names = models
     folder = Path(output_folder)
     folder.mkdir(parents=True, exist_ok=True)
     outputs = {kind: folder / name for kind, name in OUTPUT_FILES.items()
                if statistics is not None or kind not in ONE_MODEL_OUTPUTS}
     write_text_atomic(table3_markdown(summaries, names, title, extra_notes, statistics, caveat), outputs["table"])
     write_text_atomic(table3_csv(summaries, names, statistics), outputs["table_csv"])
-    write_text_atomic(per_organ_markdown(summaries, names, statistics, caveat), outputs["per_organ"])
+    runs_by_model = {m: [every[paths.index(p)] for p in seeds_of[m]] for m in models}
+    write_text_atomic(per_organ_markdown(summaries, names, statistics, caveat) + "\n"
+                      + organ_distribution_markdown(runs_by_model), outputs["per_organ"])
     write_text_atomic(per_organ_csv(summaries, names, statistics), outputs["per_organ_csv"])
     plot_per_organ_dice(summaries, names, outputs["plot"], caveat)
-    if statistics is None:  # a single summary: what an earlier compare into this folder left would contradict it
+    if statistics is None:  # a single model: what an earlier compare into this folder left would contradict it
         for kind in ONE_MODEL_OUTPUTS:
             (folder / OUTPUT_FILES[kind]).unlink(missing_ok=True)
     else:

@@ -4,7 +4,9 @@ Images are read with SimpleITK. Spacing comes from the REFERENCE header; arrays 
 handed to the metrics is ``reversed(image.GetSpacing())``. summary.json follows DESIGN.md ("Evaluation output"):
 values are fractions in [0, 1]; a label absent from both reference and prediction of a case is null there,
 left out of the means and counted in ``n_empty_both``; absent from only one of them it scores 0.
-Keys added to DESIGN.md's: ``n_cases``, ``n_empty_both`` (per label), ``missing_predictions`` (case ids,
+Keys added to DESIGN.md's: per case ``empty_reference`` (the label ids absent from that case's reference, so that
+``compare`` can tell a false positive on an absent organ from a missed organ: both score 0), ``n_cases``,
+``n_empty_both`` (per label), ``missing_predictions`` (case ids,
 only non-empty with ``allow_missing``), ``complete`` (false when predictions were missing) and ``notes``
 (free-text caveats that ``nnunet-poolskip compare`` prints under its tables; other tools may append to it).
 """
@@ -113,8 +115,8 @@ def evaluate_case(case: str, reference_file: Path, prediction_file: Path, labels
     """Metrics of one case (see ``metrics.case_metrics``) at the reference's spacing.
 
     Returns:
-        ``{"case": case, "dice": {label: value}, "nsd": {...}, "iou": {...}}`` (float values, NaN for labels
-        absent from both maps).
+        ``{"case": case, "dice": {label: value}, "nsd": {...}, "iou": {...}, "empty_reference": [labels]}`` (float
+        values, NaN for labels absent from both maps; ``empty_reference``: the labels absent from the reference).
     Raises:
         EvaluationInputError: label values outside ``{0} | labels``, or shapes that differ, naming the case.
     """
@@ -125,7 +127,9 @@ def evaluate_case(case: str, reference_file: Path, prediction_file: Path, labels
         raise EvaluationInputError(f"case {case}: prediction shape {prediction.shape} differs from reference "
                                    f"shape {reference.shape}")
     spacing_mm = tuple(float(s) for s in reversed(reference_image.GetSpacing()))  # array order (z, y, x)
-    return {"case": case, **case_metrics(reference, prediction, labels, spacing_mm, tolerances_mm)}
+    counts = np.bincount(reference.ravel(), minlength=max(labels, default=0) + 1)
+    return {"case": case, **case_metrics(reference, prediction, labels, spacing_mm, tolerances_mm),
+            "empty_reference": [int(k) for k in labels if counts[k] == 0]}
 
 
 def _evaluate_task(task) -> Dict:
@@ -163,7 +167,9 @@ def summarize(per_case: Sequence[Dict], labels: Mapping[int, str], tolerances_mm
         "labels": {str(k): v for k, v in labels.items()},
         "nsd_tolerance_mm": {str(k): float(tolerances_mm[k]) for k in labels},
         "per_case": [{"case": case["case"],
-                      **{m: {str(k): _json_number(case[m][k]) for k in labels} for m in METRICS}}
+                      **{m: {str(k): _json_number(case[m][k]) for k in labels} for m in METRICS},
+                      **({"empty_reference": [str(k) for k in case["empty_reference"]]}
+                         if "empty_reference" in case else {})}
                      for case in per_case],
         "mean": mean,
         "foreground_mean": foreground_mean,

@@ -20,14 +20,14 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from nnunet_poolskip.evaluation.comparison_tables import (
+from nnunet_poolskip.evaluation.evaluate_predictions import summarize
+from nnunet_poolskip.evaluation.metrics import METRICS
+from nnunet_poolskip.evaluation.summary_io import (
     CompareInputError,
     check_comparable,
     is_incomplete,
     load_summary,
 )
-from nnunet_poolskip.evaluation.evaluate_predictions import summarize
-from nnunet_poolskip.evaluation.metrics import METRICS
 
 AVERAGE_KEY = "averaged_over"
 """Key of an averaged summary that names its sources (absent from evaluate's own summaries)."""
@@ -78,6 +78,8 @@ def average_summaries(paths: Sequence[os.PathLike | str], names: Optional[Sequen
     n_partial = {metric: {str(label): 0 for label in labels} for metric in METRICS}
     for case in first_cases:
         entry: Dict = {"case": case}
+        if all("empty_reference" in run[case] for run in by_case):  # the same references: evaluate's record
+            entry["empty_reference"] = sorted({int(k) for run in by_case for k in run[case]["empty_reference"]})
         for metric in METRICS:
             entry[metric] = {}
             for label in labels:

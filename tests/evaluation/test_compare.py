@@ -48,7 +48,7 @@ def test_table3_values_and_deltas(tmp_path, summaries):
                  "--title", "BTCV"]) == 0
     table = (out / "table3.md").read_text()
     lines = table.splitlines()
-    assert "| Model | BTCV DICE (%) ↑ | BTCV NSD (%) ↑ | BTCV mIoU (%) ↑ |" in lines
+    assert "| Model | BTCV DICE (%) ↑ | BTCV NSD@1 mm (%) ↑ | BTCV mIoU (%) ↑ |" in lines
     assert "| nnUNet | 72.50 | 62.50 | 36.25 |" in lines
     # 40.625 prints as 40.62 (binary float); the printed delta is that of the printed values: 40.62 - 36.25.
     assert "| nnUNet+PoolSkip | 81.25 +8.75 | 71.25 +8.75 | 40.62 +4.37 |" in lines
@@ -68,11 +68,13 @@ def test_table3_values_and_deltas(tmp_path, summaries):
 
     per_organ = (out / "per_organ.md").read_text().splitlines()
     # Means per model, then the paired differences against nnUNet: liver B - A = +10, +5 over x, y (mean +7.50,
-    # every resample lies in [5, 10]); C has liver only in x: -10 (one case: no interval, no p).
-    assert ("| 1 liver | 85.00 | 92.50 | 70.00 | +7.50 [+5.00, +10.00] p=0.50 (Holm 0.50) ‡ "
+    # every resample lies in [5, 10]; exact sign-flip p: 2 of the 4 sign vectors reach |7.5|); C has liver only in
+    # x: -10 (one case: no interval, no p). Holm over the two organs: min(1, 2 x 0.5).
+    assert ("| 1 liver | 85.00 | 92.50 | 70.00 | +7.50 [+5.00, +10.00] p=0.50 (Holm 1.00) ‡ "
             "| -10.00 [n/a] p=n/a (Holm n/a) ‡ |") in per_organ
-    # spleen has one paired case (y is empty in both): a difference, but no interval and no test
-    assert ("| 2 spleen | 60.00 | 70.00 | 50.00 | +10.00 [n/a] p=n/a (Holm n/a) ‡ "
+    # spleen: y is empty in the reference and in both predictions, a perfect score for both (difference 0): the
+    # differences are +10 and 0, one nonzero (p = 2/2 = 1)
+    assert ("| 2 spleen | 60.00 | 70.00 | 50.00 | +5.00 [+0.00, +10.00] p=1.00 (Holm 1.00) ‡ "
             "| -10.00 [n/a] p=n/a (Holm n/a) ‡ |") in per_organ
     organ_rows = list(csv.DictReader((out / "per_organ.csv").open()))
     spleen_b = next(r for r in organ_rows if r["organ"] == "spleen" and r["model"] == "nnUNet+PoolSkip")
@@ -119,7 +121,7 @@ def test_incomparable_summaries(tmp_path, summaries, capsys):
     not_a_summary = tmp_path / "n.json"
     not_a_summary.write_text(json.dumps({"foreground_mean": {}}))
     for args, message in (([a, b, "--names", "one"], "2 summaries but 1 names"),
-                          ([a, b, "--names", "x", "x"], "must differ"),
+                          ([a, b, a, "--names", "x", "x", "y"], "different numbers of seeds"),
                           ([a, other_tolerance], "different NSD tolerances"),
                           ([a, other_labels], "scores labels"),
                           ([a, not_a_summary], "lacks"),
