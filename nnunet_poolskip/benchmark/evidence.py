@@ -113,19 +113,26 @@ def statistics_section(pairs: Sequence[Tuple[Model, Model]], outputs: Mapping[st
     """table.md's paired statistics: each Pool Skip model against its own baseline, from compare's statistics.json
     (nothing recomputed), in compare's own paired-table format."""
     from nnunet_poolskip.evaluation.comparison_tables import METRIC_COLUMNS, paired_table_markdown
-    from nnunet_poolskip.evaluation.statistics import FOREGROUND, find
+    from nnunet_poolskip.evaluation.statistics import FOREGROUND, find, holm
 
-    lines = []
+    lines, primary = [], []
     for base, model in pairs:
         folder = pair_compare_folder(base, model, outputs)
         if folder is None or not (folder / "statistics.json").is_file():
             continue
         statistics = json.loads((folder / "statistics.json").read_text())
+        primary += [(model, e) for e in statistics["comparisons"] if e.get("primary")]
         row = {"model": model.display, **{f"paired_{metric}": find(statistics, model.display, metric, FOREGROUND)
                                           for metric, _ in METRIC_COLUMNS}}
         lines += ["", paired_table_markdown([{"model": base.display}, row], base.display, statistics)]
     if not lines:
         return []
+    if len(primary) > 1:  # each pair's compare adjusts over its own pair only; the primary family is every pair
+        adjusted = holm([e["p"] for _, e in primary])
+        lines += ["", "Primary endpoint (foreground Dice of each Pool Skip model against its own baseline), Holm over "
+                      f"the {len(primary)} pairs: " + "; ".join(
+                          f"{model.display}: p={e['p']:.3g}, Holm p={p:.3g}" if p is not None else
+                          f"{model.display}: no p" for (model, e), p in zip(primary, adjusted)) + "."]
     what = ("every seed's ensemble, across seeds and cases" if averaged_over_seeds else "one run per fold")
     return ["## Paired statistics, each Pool Skip model against its own baseline", "",
             f"Over the test cases ({what}); forest plots: "

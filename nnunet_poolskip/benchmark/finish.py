@@ -268,7 +268,9 @@ class Finish:
                       for path in self._compare_inputs(m, summaries[models.index(m)], seed_summaries)]
             argv = [executable("nnunet-poolskip"), "compare", *[path for path, _ in inputs],
                     "--names", *[name for _, name in inputs], "-o", str(folder),
-                    "--title", short_title(self.config)]
+                    "--title", short_title(self.config),
+                    # primary endpoint: only a Pool Skip model against its own baseline (none in a group without one)
+                    "--primary", *[m.display for m in group[1:] if m.base == group[0].name]]
             if caveat:
                 argv += ["--caveat", caveat]
             self.steps.run(f"compare/{group_name}", f"compare {' vs '.join(m.name for m in group)}", argv)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import shutil
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -190,7 +191,9 @@ def compose_tables(config, record: Mapping, outputs: Mapping[str, Tuple[List[Mod
     models = outputs["all"][0]
     rows = table_rows(models, outputs)
     title = f"Pool Skip benchmark: {dataset_title(config)}"
-    header = ["Model"] + [label for _, label in METRICS]
+    # the NSD column names its tolerance as compare's table does (``NSD@1 mm``)
+    nsd = re.search(r"(NSD@[^|(]+?) \(%\)", (outputs["all"][1] / "table3.md").read_text())
+    header = ["Model"] + [label.replace("NSD", nsd.group(1)) if nsd else label for _, label in METRICS]
     body = [[r["model"] + (" †" if r["incomplete"] else "")] + r["cells"] for r in rows]
     table = ["| " + " | ".join(header) + " |", "|---|" + ":---:|" * len(METRICS)]
     table += ["| " + " | ".join(cells) + " |" for cells in body]

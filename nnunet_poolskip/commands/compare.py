@@ -21,9 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--margin", type=float, default=1.0, metavar="POINTS",
                         help="practical margin of the primary endpoint in Dice points (default 1): the interval inside "
                              "+-margin is 'equivalent', entirely above/below it 'better'/'worse', else 'inconclusive'")
-    parser.add_argument("--primary", nargs="+", metavar="NAME",
+    parser.add_argument("--primary", nargs="*", metavar="NAME",
                         help="models whose foreground Dice against the first is the primary endpoint (Holm over "
-                             "them; default: every model after the first)")
+                             "them; default: every model after the first; --primary without names: none)")
     parser.add_argument("-o", "--output", required=True,
                         help="output folder: table3.md, table3.csv, per_organ.md, per_organ.csv, per_organ_dice.png, "
                              "and with two or more summaries statistics.json and differences.png")

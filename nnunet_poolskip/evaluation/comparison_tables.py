@@ -478,6 +478,9 @@ def compare_summaries(paths: Sequence[os.PathLike | str], names: Optional[Sequen
         raise CompareInputError("give at least one summary.json")
     if names is None:
         names = [Path(p).resolve().parent.name for p in paths]
+        if len(set(names)) != len(names):  # repeated names mean seeds of one model: only when the user says so
+            raise CompareInputError(f"the summaries' folder names repeat ({names}): give --names (summaries that "
+                                    f"share a name are the seeds of one model)")
     names = list(names)
     if len(names) != len(paths):
         raise CompareInputError(f"{len(paths)} summaries but {len(names)} names (--names)")

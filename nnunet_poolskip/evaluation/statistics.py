@@ -265,6 +265,11 @@ def _pair_entries(base: str, model: str, a_runs: Sequence[Mapping], b_runs: Sequ
                                           if np.any(seed_means != 0) and seed_means.size >= 2 else None)
                 per_seed = [{**common, "scope": SCOPE_CASES, "seed": s, **paired_statistics(a[s], b[s])}
                             for s in range(n_seeds)]
+                if label != FOREGROUND:  # each seed's own false positives (the headline sums them over seeds)
+                    for s, entry in enumerate(per_seed):
+                        entry["false_positives"] = {
+                            base: case_scores.false_positives(a_runs[s], label, empty, kept),
+                            model: case_scores.false_positives(b_runs[s], label, empty, kept)}
             else:
                 headline = {**common, "scope": SCOPE_CASES, **paired_statistics(a[0], b[0])}
                 per_seed = []

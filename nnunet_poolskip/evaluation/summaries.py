@@ -76,9 +76,10 @@ def average_summaries(paths: Sequence[os.PathLike | str], names: Optional[Sequen
     by_case = [{case["case"]: case for case in summary["per_case"]} for summary in summaries]
     per_case: List[Dict] = []
     n_partial = {metric: {str(label): 0 for label in labels} for metric in METRICS}
+    recorded = all("empty_reference" in run[case] for run in by_case for case in first_cases)
     for case in first_cases:
         entry: Dict = {"case": case}
-        if all("empty_reference" in run[case] for run in by_case):  # the same references: evaluate's record
+        if recorded:  # the same references in every run: evaluate's record
             entry["empty_reference"] = sorted({int(k) for run in by_case for k in run[case]["empty_reference"]})
         for metric in METRICS:
             entry[metric] = {}

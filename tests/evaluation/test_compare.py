@@ -118,10 +118,14 @@ def test_incomparable_summaries(tmp_path, summaries, capsys):
     data = json.loads(a.read_text())
     data["labels"]["3"] = "kidney"
     other_labels.write_text(json.dumps(data))
+    same_folder_name = tmp_path / "other" / "a" / "summary.json"  # parent "a", like the baseline's
+    same_folder_name.parent.mkdir(parents=True)
+    same_folder_name.write_text(b.read_text())
     not_a_summary = tmp_path / "n.json"
     not_a_summary.write_text(json.dumps({"foreground_mean": {}}))
     for args, message in (([a, b, "--names", "one"], "2 summaries but 1 names"),
                           ([a, b, a, "--names", "x", "x", "y"], "different numbers of seeds"),
+                          ([a, same_folder_name], "folder names repeat"),
                           ([a, other_tolerance], "different NSD tolerances"),
                           ([a, other_labels], "scores labels"),
                           ([a, not_a_summary], "lacks"),

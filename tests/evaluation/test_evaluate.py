@@ -107,6 +107,10 @@ def test_values_format_and_conventions_against_nnunet(tmp_path, capsys):
     assert all(by_case["b"][m]["3"] is None for m in ("dice", "nsd", "iou"))
     assert all(by_case["c"][m]["3"] == 0.0 for m in ("dice", "nsd", "iou"))
     assert summary["n_empty_both"] == {"1": 0, "2": 0, "3": 1}
+    # which labels each reference lacks (compare tells a false positive from a miss by it): b and c lack label 3
+    for name, (ref, _) in arrays.items():
+        assert by_case[name]["empty_reference"] == [str(k) for k in (1, 2, 3) if not (ref == k).any()]
+    assert by_case["c"]["empty_reference"] == ["3"] and by_case["a"]["empty_reference"] == []
     for metric in ("dice", "nsd", "iou"):
         for label in ("1", "2", "3"):
             values = [c[metric][label] for c in summary["per_case"] if c[metric][label] is not None]

@@ -86,3 +86,20 @@ def test_summaries_that_cannot_be_averaged_are_named(tmp_path):
         average_summaries([a, tmp_path / "missing.json"])
     with pytest.raises(CompareInputError, match="no summaries"):
         average_summaries([])
+
+
+def test_evaluates_record_of_empty_references_is_kept(tmp_path):
+    """evaluate's per-case ``empty_reference`` (the same references in every run) survives the averaging, so that
+    compare can still tell a false positive from a missed organ; without it in every run it is left out."""
+    rng = np.random.default_rng(1)
+    runs = [run_values(rng, null={("c3", "2")}), run_values(rng)]
+    runs[1]["c3"]["dice"]["2"] = 0.0  # run 1 predicts the liver that c3's reference lacks
+    for run in runs:
+        for case in run:
+            run[case]["empty_reference"] = ["2"] if case == "c3" else []
+    paths = [write_summary(tmp_path / f"seed_{i}.json", run) for i, run in enumerate(runs)]
+    averaged = average_summaries(paths)
+    assert [c["empty_reference"] for c in averaged["per_case"]] == [[], [], ["2"]]
+    del runs[0]["c1"]["empty_reference"]
+    paths[0] = write_summary(tmp_path / "seed_0.json", runs[0])
+    assert all("empty_reference" not in c for c in average_summaries(paths)["per_case"])
