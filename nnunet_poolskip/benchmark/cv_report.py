@@ -120,6 +120,12 @@ def fold_mean_columns(models: Sequence[Model], means: Mapping[str, Mapping[Optio
     return columns
 
 
+def cv_wording(lines: Sequence[str]) -> List[str]:
+    """The evidence sections' lines (written for the test set) with their cases named as the cross-validation's."""
+    return [line.replace("test cases", "out-of-fold predicted cases").replace("test case", "out-of-fold predicted case")
+            .replace("compare/<pair>/", "cv/compare/<pair>/") for line in lines]
+
+
 def report_section(table_md: str, folder: Path) -> List[str]:
     """The lines of a table.md from its first ``## `` heading on, with the per-organ files named by their place
     (``folder``, relative to the main results folder): what ``--protocol both`` appends to the main report."""

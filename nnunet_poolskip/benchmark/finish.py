@@ -283,7 +283,12 @@ class Finish:
         is also printed; the cross-validation of ``--protocol both`` goes to ``cv/``). ``appended``: Markdown lines
         added at the end of table.md (the cross-validation section of ``--protocol both``). Returns the table
         section of table.md (from its table heading on), for appending to another report."""
-        from nnunet_poolskip.benchmark.cv_report import fold_mean_columns, fold_mean_section, report_section
+        from nnunet_poolskip.benchmark.cv_report import (
+            cv_wording,
+            fold_mean_columns,
+            fold_mean_section,
+            report_section,
+        )
         from nnunet_poolskip.benchmark.report import (
             baseline_pairs,
             comparison_groups,
@@ -315,11 +320,13 @@ class Finish:
                               for seed, path in seed_summaries[m.name].items()} for m in models}
             sections += fold_mean_section(models, means, summaries) + [""]
             columns = fold_mean_columns(models, means)
+        evidence = []
         if self.settings.seeds:
             spreads = seed_spreads(models, seed_summaries)
-            sections += seed_section(models, spreads, pairs) + [""]
+            evidence += seed_section(models, spreads, pairs) + [""]
             columns = {**(columns or {}), **seed_csv_columns(spreads)}
-        sections += statistics_section(pairs, outputs, bool(self.settings.seeds)) + [""]
+        evidence += statistics_section(pairs, outputs, bool(self.settings.seeds)) + [""]
+        sections += evidence if protocol == "test" else cv_wording(evidence)
         rows = es_rows(diagnosed)
         if main:  # the elimination-singularity evidence is the same for both protocols: once, in the main report
             sections += es_section(pairs, rows)
@@ -372,15 +379,16 @@ class Finish:
         if first_seed is not None:  # the figure shows one seed's predictions: its title says which
             caveat = "; ".join(filter(None, [caveat, f"predictions of seed {first_seed} (of seeds "
                                                       f"{' '.join(map(str, self.settings.run_seeds))})"]))
+        cases = "test cases"
         if protocol == "test":
             images, references = raw / "imagesTs", raw / "labelsTs"
             predictions = {m.display: self.predictions_folder(m, first_seed) for m in models}
         else:
-            caveat = "; ".join(filter(None, [caveat, "cross-validation: out-of-fold predictions"]))
+            cases = "out-of-fold predicted cases (cross-validation)"
             images, references = raw / "imagesTr", self.cross_validation.references_folder()
             predictions = {m.display: self.cross_validation.predictions_folder(m.name, first_seed) for m in models}
         written["overlays"] = folder / "overlays.png"
         plot_overlays(images, references, predictions,
                       {m.display: json.loads(Path(seed_summaries[m.name][first_seed]).read_text()) for m in models},
-                      written["overlays"], caveat)
+                      written["overlays"], caveat, cases=cases)
         return written

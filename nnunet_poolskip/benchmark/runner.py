@@ -265,8 +265,10 @@ class BenchmarkRunner:
             done = self.preparation.preprocessing_complete()
             self.say(f"plans and preprocessing: {'done' if done else 'to do'}")
         self.training.print_plan(self.training.runs())
-        for seed in self.settings.run_seeds:
-            for model in self.config.models:
-                summary = self.finishing.summary_file(model, seed)
-                self.say(f"   {model.name:<20} {'' if seed is None else f'seed {seed} '}evaluation summary: "
-                         f"{'exists' if summary.is_file() else 'to do'}")
+        for protocol in self.config.protocols:
+            for seed in self.settings.run_seeds:
+                for model in self.config.models:
+                    summary = self.finishing.summary_file(model, seed, protocol)
+                    what = "evaluation summary" + ("" if protocol == "test" else " (cross-validation)")
+                    self.say(f"   {model.name:<20} {'' if seed is None else f'seed {seed} '}{what}: "
+                             f"{'exists' if summary.is_file() else 'to do'}")
