@@ -129,6 +129,10 @@ class BenchmarkRunner:
         if target.kind == "custom" and converted is not None:
             from nnunet_poolskip.benchmark.dataset_checks import check_raw_dataset
 
+            if "_" in target.label and converted.name != target.label:
+                raise BenchmarkError(f"data set {target.label} not found in nnUNet_raw ({self.ws.raw}); id "
+                                     f"{target.dataset_id} is {converted.name} there")
+
             # every label map is read once, before the preprocessing; later invocations check the files only
             check_raw_dataset(converted, read_labels=not self.preparation.preprocessing_complete())
         if converted is not None and (converted / "dataset.json").is_file():

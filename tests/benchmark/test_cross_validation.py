@@ -176,6 +176,7 @@ def test_configuration_checks():
     (["--configuration", "2d", "--models", "nnunet,vnet"], "V-Net trainers ['nnUNetTrainerVNet'] train 3D"),
     (["--split-file", "none"], "--split-file applies to --dataset btcv|amos"),
     (["--dataset", "Dataset951_Absent"], "Dataset951_Absent not found in nnUNet_raw"),
+    (["--dataset", "Dataset950_Other"], "Dataset950_Other not found in nnUNet_raw"),
 ])
 def test_bad_requests_on_a_data_set_without_test_labels_fail_before_anything_is_written(tmp_path, capsys, args,
                                                                                          message):
