@@ -35,6 +35,8 @@ class BenchmarkConfig:
         evaluate_processes: evaluate's -np.
         nsd_tolerances: evaluate's --nsd-tolerances (None: 1 mm for every organ).
         argv: the command line, for the record.
+        protocol: ``test``, ``cv`` or ``both`` (protocol.PROTOCOLS); None: chosen from the data set by
+            :meth:`resolved_protocol` (``test`` when it has test labels, else ``cv``).
     """
 
     target: DatasetTarget
@@ -51,6 +53,37 @@ class BenchmarkConfig:
     evaluate_processes: int = 1
     nsd_tolerances: Optional[str] = None
     argv: List[str] = field(default_factory=list)
+    protocol: Optional[str] = None
+
+    @property
+    def configuration(self) -> str:
+        """The nnU-Net configuration the models are trained and predicted in (``--configuration``)."""
+        return self.settings.configuration
+
+    @property
+    def no_test_split(self) -> bool:
+        """True when the converter is asked to put every case into the cross-validation (``--split-file none``)."""
+        from nnunet_poolskip.dataset_conversion.splits import NO_TEST_SPLIT_FILE
+
+        return self.split_file is not None and self.split_file.name == NO_TEST_SPLIT_FILE
+
+    def resolved_protocol(self) -> str:
+        """``--protocol``, or when it was not given: ``test`` for a data set with test labels (BTCV/AMOS converted
+        with a test split, the paper's protocol), ``cv`` for one without (an nnU-Net data set with imagesTr/labelsTr
+        only, or ``--split-file none``)."""
+        if self.protocol is not None:
+            return self.protocol
+        folder = self.target.raw_folder(self.workspace)
+        if folder is not None and (folder / "dataset.json").is_file():
+            labels = folder / "labelsTs"
+            return "test" if labels.is_dir() and any(labels.iterdir()) else "cv"
+        return "cv" if self.no_test_split else "test"
+
+    @property
+    def protocols(self) -> List[str]:
+        """The protocols to report, in report order: ``["test"]``, ``["cv"]`` or ``["test", "cv"]``."""
+        protocol = self.resolved_protocol()
+        return ["test", "cv"] if protocol == "both" else [protocol]
 
     @property
     def plans(self) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from nnunet_poolskip.benchmark.config import BenchmarkConfig, BenchmarkError
+from nnunet_poolskip.benchmark.cross_validation import CV_FOLDER, CrossValidation
 from nnunet_poolskip.benchmark.evidence import (
     DIFFERENCES_FIGURE,
     ES_CSV,
@@ -37,7 +38,7 @@ from nnunet_poolskip.benchmark.evidence import (
 )
 from nnunet_poolskip.benchmark.prepare import file_ending
 from nnunet_poolskip.benchmark.profiles import Settings
-from nnunet_poolskip.benchmark.protocol import CONFIGURATION, Model
+from nnunet_poolskip.benchmark.protocol import Model
 from nnunet_poolskip.benchmark.steps import Steps
 from nnunet_poolskip.benchmark.train import Training
 from nnunet_poolskip.benchmark.training_runs import FINAL_CHECKPOINT, FoldState, model_folder
@@ -66,6 +67,7 @@ class Finish:
         self.ws = config.workspace
         self.steps = steps
         self.training = training
+        self.cross_validation = CrossValidation(config, steps)
 
     def run(self) -> str:
         """Predict, evaluate and compare the models whose folds are all trained; returns the run status."""
@@ -83,20 +85,38 @@ class Finish:
         complete = [m for m in self.config.models if m.name not in incomplete]
         if not complete:
             raise BenchmarkError("no model has all its folds trained: nothing to compare")
-        seed_summaries: Dict[str, Dict[Optional[int], Path]] = {}
-        for seed in self.settings.run_seeds:  # seed by seed, as trained
-            for model in complete:
-                predictions = self.predict(model, seed)
-                seed_summaries.setdefault(model.name, {})[seed] = self.evaluate(model, predictions, seed)
-        summaries = [self.model_summary(model, seed_summaries[model.name]) for model in complete]
+        protocols = self.config.protocols
+        if "cv" in protocols:  # every fold's out-of-fold predictions are there, before anything is evaluated
+            self.cross_validation.check_complete({m.name: {s: self.model_folder(m, s) for s in self.settings.run_seeds}
+                                                  for m in complete})
+        scored = {}
+        for protocol in protocols:
+            seed_summaries: Dict[str, Dict[Optional[int], Path]] = {}
+            for seed in self.settings.run_seeds:  # seed by seed, as trained
+                for model in complete:
+                    if protocol == "test":
+                        predictions = self.predict(model, seed)
+                    else:  # nnU-Net's final validation of each fold already predicted its held-out cases
+                        predictions = self.cross_validation.link(model.name, seed, self.model_folder(model, seed))
+                    seed_summaries.setdefault(model.name, {})[seed] = self.evaluate(model, predictions, seed,
+                                                                                    protocol)
+            summaries = [self.model_summary(model, seed_summaries[model.name], protocol) for model in complete]
+            scored[protocol] = (summaries, seed_summaries)
         diagnosed = self.diagnose(complete)
-        self.compare(complete, summaries, incomplete, seed_summaries, diagnosed)
+        appended: List[str] = []
+        if protocols == ["test", "cv"]:  # the cross-validation's tables in cv/, its section in the main table.md
+            appended = self.compare(complete, scored["cv"][0], incomplete, scored["cv"][1], diagnosed,
+                                    protocol="cv", folder=self.config.output / CV_FOLDER)
+        protocol = protocols[0]
+        self.compare(complete, scored[protocol][0], incomplete, scored[protocol][1], diagnosed, protocol=protocol,
+                     appended=appended)
         return "incomplete" if incomplete else "complete"
 
     def model_folder(self, model: Model, seed: Optional[int]) -> Path:
         """nnU-Net's folder of the model's runs with ``seed`` (None: the unseeded runs)."""
         return model_folder(self.ws.results_for_seed(seed), self.config.dataset_name(),
-                            model.trainer_for(self.config.target.kind), self.config.plans)
+                            model.trainer_for(self.config.target.kind), self.config.plans,
+                            self.config.configuration)
 
     def predictions_folder(self, model: Model, seed: Optional[int] = None) -> Path:
         """``predictions/<model>``, or ``predictions/seed_<s>/<model>`` for a seed's ensemble."""
@@ -132,7 +152,7 @@ class Finish:
             # made from other folds, other test-time settings or older checkpoints: never mix them with new ones
             shutil.rmtree(out)
         argv = [executable("nnunet-poolskip"), "predict", "-i", str(raw / "imagesTs"), "-o", str(out),
-                "-d", str(self.config.target.dataset_id), "-c", CONFIGURATION, "-tr", trainer,
+                "-d", str(self.config.target.dataset_id), "-c", self.config.configuration, "-tr", trainer,
                 "-p", self.config.plans, "-f", *map(str, self.settings.folds), "--device", self.settings.device,
                 "--continue"]
         if not self.settings.test_time_mirroring:
@@ -150,10 +170,12 @@ class Finish:
         return ([int(f) for f in recorded.get("folds", [])] == list(self.settings.folds)
                 and recorded.get("use_mirroring") == self.settings.test_time_mirroring)
 
-    def summary_file(self, model: Model, seed: Optional[int] = None) -> Path:
+    def summary_file(self, model: Model, seed: Optional[int] = None, protocol: str = "test") -> Path:
         """``summaries/<model>.json`` (the unseeded run's, or the seed average: what compare gets), or
-        ``summaries/seed_<s>/<model>.json`` (one seed's ensemble)."""
-        return self.config.output / "summaries" / self._seed_part(seed) / f"{model.name}.json"
+        ``summaries/seed_<s>/<model>.json`` (one seed's ensemble); under ``summaries/cv/`` for the
+        cross-validation protocol."""
+        return (self.config.output / "summaries" / ("" if protocol == "test" else CV_FOLDER) / self._seed_part(seed)
+                / f"{model.name}.json")
 
     def requested_tolerances(self) -> Dict[str, float]:
         """NSD tolerance (mm) per label value, as ``evaluate`` resolves this run's ``--nsd-tolerances`` for the
@@ -170,23 +192,29 @@ class Finish:
             raise BenchmarkError(f"--nsd-tolerances: {error}") from None
         return {str(label): mm for label, mm in tolerances.items()}
 
-    def evaluate(self, model: Model, predictions: Path, seed: Optional[int] = None) -> Path:
-        summary = self.summary_file(model, seed)
+    def evaluate(self, model: Model, predictions: Path, seed: Optional[int] = None, protocol: str = "test") -> Path:
+        """``evaluate`` of a model's predictions: the test ensemble's against labelsTs, or (protocol ``cv``) the
+        linked out-of-fold predictions against the linked labelsTr maps of the same cases."""
+        summary = self.summary_file(model, seed, protocol)
         raw = self.config.raw_folder()
-        step = self._step("evaluate", model, seed)
-        newest = max(p.stat().st_mtime for p in predictions.iterdir())
-        title = f"evaluate {model.name}" + ("" if seed is None else f" seed {seed}")
+        step = self._step("evaluate" if protocol == "test" else "evaluate_cv", model, seed)
+        newest = max(p.stat().st_mtime for p in predictions.iterdir())  # a link's time is its target's
+        title = (f"evaluate {model.name}" + ("" if seed is None else f" seed {seed}")
+                 + ("" if protocol == "test" else " out-of-fold validation predictions"))
+        references = raw / "labelsTs" if protocol == "test" else self.cross_validation.references_folder()
+        ending = file_ending(raw)
+        cases = sorted(p.name[:-len(ending)] for p in predictions.iterdir() if p.name.endswith(ending))
         if summary.is_file() and summary.stat().st_mtime >= newest:
             recorded = json.loads(summary.read_text())
             # summaries/<model>.json may hold the seed average of an earlier --seeds run: never take it for
-            # evaluate's; nor a summary computed with other NSD tolerances
-            if not is_averaged_summary(recorded):
+            # evaluate's; nor a summary computed with other NSD tolerances, or of other cases (other folds)
+            if not is_averaged_summary(recorded) and sorted(c["case"] for c in recorded["per_case"]) == cases:
                 if recorded.get("nsd_tolerance_mm") == self.requested_tolerances():
                     self.steps.skip(step, title, f"{summary} exists")
                     return summary
                 title += f"; {summary.name} was computed with other NSD tolerances"
         summary.parent.mkdir(parents=True, exist_ok=True)
-        argv = [executable("nnunet-poolskip"), "evaluate", str(raw / "labelsTs"), str(predictions),
+        argv = [executable("nnunet-poolskip"), "evaluate", str(references), str(predictions),
                 "--dataset-json", str(raw / "dataset.json"), "-o", str(summary),
                 "-np", str(self.config.evaluate_processes), "--no-progress"]
         if self.config.nsd_tolerances:
@@ -194,12 +222,12 @@ class Finish:
         self.steps.run(step, title + " (Dice, NSD, IoU)", argv)
         return summary
 
-    def model_summary(self, model: Model, per_seed: Mapping[Optional[int], Path]) -> Path:
+    def model_summary(self, model: Model, per_seed: Mapping[Optional[int], Path], protocol: str = "test") -> Path:
         """The summary compare gets: the unseeded run's own, or ``summaries/<model>.json`` with each case's
         values averaged over the seeds (rewritten every time: it is cheap, and then never stale)."""
         if list(per_seed) == [None]:
             return per_seed[None]
-        path = self.summary_file(model)
+        path = self.summary_file(model, protocol=protocol)
         seeds = sorted(per_seed)
         averaged = average_summaries([per_seed[s] for s in seeds], [f"seed {s}" for s in seeds])
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -245,10 +273,23 @@ class Finish:
 
     def compare(self, models: List[Model], summaries: List[Path], incomplete: Dict[str, List[str]],
                 seed_summaries: Mapping[str, Mapping[Optional[int], Path]],
-                diagnosed: Sequence[DiagnosedRun]) -> None:
+                diagnosed: Sequence[DiagnosedRun], protocol: str = "test", folder: Optional[Path] = None,
+                appended: Sequence[str] = ()) -> List[str]:
         """``compare`` for all models and for each Pool Skip model against its own baseline (the paper's
         layout), then table.md / table.csv with the run's protocol and status above the numbers and the evidence
-        sections below them, and the figures."""
+        sections below them, and the figures.
+
+        ``protocol``: ``test`` or ``cv`` (the summaries' protocol; cv adds nnU-Net Revisited's mean over folds).
+        ``folder``: where the tables and the protocol's figures go (default: the results folder, where the table
+        is also printed; the cross-validation of ``--protocol both`` goes to ``cv/``). ``appended``: Markdown lines
+        added at the end of table.md (the cross-validation section of ``--protocol both``). Returns the table
+        section of table.md (from its table heading on), for appending to another report."""
+        from nnunet_poolskip.benchmark.cv_report import (
+            cv_wording,
+            fold_mean_columns,
+            fold_mean_section,
+            report_section,
+        )
         from nnunet_poolskip.benchmark.report import (
             baseline_pairs,
             comparison_groups,
@@ -257,52 +298,70 @@ class Finish:
             short_title,
         )
 
-        compare_root = self.config.output / "compare"
+        main = folder is None
+        folder = self.config.output if folder is None else folder
+        compare_root = self.config.output / ("compare" if protocol == "test" else f"{CV_FOLDER}/compare")
         caveat = figure_caveat(self.config)
         outputs = {}
         for group_name, group in comparison_groups(models).items():
-            folder = compare_root / group_name
+            group_folder = compare_root / group_name
             # with --seeds, every seed's own summary under its model's name: compare's headline statistics are then
             # the across-seeds test (retraining and case sampling), not a test on seed-averaged cases
             inputs = [(str(path), m.display) for m in group
                       for path in self._compare_inputs(m, summaries[models.index(m)], seed_summaries)]
             argv = [executable("nnunet-poolskip"), "compare", *[path for path, _ in inputs],
-                    "--names", *[name for _, name in inputs], "-o", str(folder),
-                    "--title", short_title(self.config),
+                    "--names", *[name for _, name in inputs], "-o", str(group_folder),
+                    "--title", short_title(self.config) + ("" if protocol == "test" else " cross-validation"),
                     # primary endpoint: only a Pool Skip model against its own baseline (none in a group without one)
                     "--primary", *[m.display for m in group[1:] if m.base == group[0].name]]
             if caveat:
                 argv += ["--caveat", caveat]
-            self.steps.run(f"compare/{group_name}", f"compare {' vs '.join(m.name for m in group)}", argv)
-            outputs[group_name] = (group, folder)
+            step = f"compare/{group_name}" if protocol == "test" else f"compare_cv/{group_name}"
+            what = "compare" if protocol == "test" else "compare (cross-validation)"
+            self.steps.run(step, f"{what} {' vs '.join(m.name for m in group)}", argv)
+            outputs[group_name] = (group, group_folder)
         pairs = baseline_pairs(models)
         sections, columns = [], None
+        if protocol == "cv":
+            means = {m.name: {seed: self.cross_validation.fold_means(path)
+                              for seed, path in seed_summaries[m.name].items()} for m in models}
+            sections += fold_mean_section(models, means, summaries) + [""]
+            columns = fold_mean_columns(models, means)
+        evidence = []
         if self.settings.seeds:
             spreads = seed_spreads(models, seed_summaries)
-            sections += seed_section(models, spreads, pairs) + [""]
-            columns = seed_csv_columns(spreads)
-        sections += statistics_section(pairs, outputs, bool(self.settings.seeds)) + [""]
+            evidence += seed_section(models, spreads, pairs) + [""]
+            columns = {**(columns or {}), **seed_csv_columns(spreads)}
+        evidence += statistics_section(pairs, outputs, bool(self.settings.seeds)) + [""]
+        sections += evidence if protocol == "test" else cv_wording(evidence)
         rows = es_rows(diagnosed)
-        sections += es_section(pairs, rows)
-        files = compose_tables(self.config, self.steps.record.data, outputs, incomplete, self.config.output,
-                               sections, columns)
+        if main:  # the elimination-singularity evidence is the same for both protocols: once, in the main report
+            sections += es_section(pairs, rows)
+        if appended:
+            sections = [*sections, "", *appended]
+        files = compose_tables(self.config, self.steps.record.data, outputs, incomplete, folder,
+                               sections, columns, protocol=protocol)
         for base, model in pairs:
-            folder = pair_compare_folder(base, model, outputs)
-            if folder is not None and (folder / "differences.png").is_file():
-                files[f"differences_{model.name}"] = self.config.output / DIFFERENCES_FIGURE.format(model=model.name)
+            compared = pair_compare_folder(base, model, outputs)
+            if compared is not None and (compared / "differences.png").is_file():
+                files[f"differences_{model.name}"] = folder / DIFFERENCES_FIGURE.format(model=model.name)
                 with atomic_path(files[f"differences_{model.name}"]) as tmp:
-                    shutil.copyfile(folder / "differences.png", tmp)
-        if rows:
+                    shutil.copyfile(compared / "differences.png", tmp)
+        if rows and main:
             files["es_csv"] = self.config.output / ES_CSV
             write_es_csv(rows, files["es_csv"])
             for base, model in pairs:
                 path = self.config.output / ES_FIGURE.format(model=model.name)
                 plot_es_pair([r for r in diagnosed if r.model.name == model.name], path, caveat)
                 files[f"es_{model.name}"] = path
-        files.update(self.figures(models, seed_summaries, caveat))
-        self.steps.say("")
-        self.steps.say(files["table"].read_text())
-        self.steps.say("wrote " + ", ".join(str(p) for p in files.values()))
+        files.update(self.figures(models, seed_summaries, caveat, protocol, folder, curves=main))
+        if main:
+            self.steps.say("")
+            self.steps.say(files["table"].read_text())
+            self.steps.say("wrote " + ", ".join(str(p) for p in files.values()))
+        else:
+            self.steps.say(f"-- cross-validation tables: {files['table']} (also in the main table.md)")
+        return report_section(files["table"].read_text(), folder.relative_to(self.config.output))
 
     @staticmethod
     def _compare_inputs(model: Model, summary: Path, seed_summaries: Mapping[str, Mapping[Optional[int], Path]]
@@ -314,26 +373,38 @@ class Finish:
         return [per_seed[seed] for seed in sorted(per_seed)]
 
     def figures(self, models: Sequence[Model], seed_summaries: Mapping[str, Mapping[Optional[int], Path]],
-                caveat: Optional[str]) -> Dict[str, Path]:
-        """training_curves.png (nnU-Net's logged losses and pseudo Dice of every fold x seed) and overlays.png (test
-        cases with the lowest, median and highest foreground Dice of the first model; the first seed's
-        predictions with that seed's per-case Dice)."""
+                caveat: Optional[str], protocol: str = "test", folder: Optional[Path] = None,
+                curves: bool = True) -> Dict[str, Path]:
+        """training_curves.png (nnU-Net's logged losses and pseudo Dice of every fold x seed; unless ``curves`` is
+        False) and overlays.png in ``folder`` (default: the results folder): the cases with the lowest, median and
+        highest foreground Dice of the first model (test cases, or with ``protocol`` cv the out-of-fold predicted
+        training cases); the first seed's predictions with that seed's per-case Dice."""
         from nnunet_poolskip.diagnostics.training_curves import plot_training_curves
         from nnunet_poolskip.evaluation.overlays import plot_overlays
 
         output, raw = self.config.output, self.config.raw_folder()
-        runs = self.training.runs()
-        kind = self.config.target.kind
-        curves = output / "training_curves.png"
-        plot_training_curves({m.display: [r.folder for r in runs if r.trainer == m.trainer_for(kind)] for m in models},
-                             curves, caveat)
+        folder = output if folder is None else folder
+        written = {}
+        if curves:
+            runs = self.training.runs()
+            kind = self.config.target.kind
+            written["training_curves"] = output / "training_curves.png"
+            plot_training_curves({m.display: [r.folder for r in runs if r.trainer == m.trainer_for(kind)]
+                                  for m in models}, written["training_curves"], caveat)
         first_seed = self.settings.run_seeds[0]
         if first_seed is not None:  # the figure shows one seed's predictions: its title says which
             caveat = "; ".join(filter(None, [caveat, f"predictions of seed {first_seed} (of seeds "
                                                       f"{' '.join(map(str, self.settings.run_seeds))})"]))
-        overlays = output / "overlays.png"
-        plot_overlays(raw / "imagesTs", raw / "labelsTs",
-                      {m.display: self.predictions_folder(m, first_seed) for m in models},
+        cases = "test cases"
+        if protocol == "test":
+            images, references = raw / "imagesTs", raw / "labelsTs"
+            predictions = {m.display: self.predictions_folder(m, first_seed) for m in models}
+        else:
+            cases = "out-of-fold predicted cases (cross-validation)"
+            images, references = raw / "imagesTr", self.cross_validation.references_folder()
+            predictions = {m.display: self.cross_validation.predictions_folder(m.name, first_seed) for m in models}
+        written["overlays"] = folder / "overlays.png"
+        plot_overlays(images, references, predictions,
                       {m.display: json.loads(Path(seed_summaries[m.name][first_seed]).read_text()) for m in models},
-                      overlays, caveat)
-        return {"training_curves": curves, "overlays": overlays}
+                      written["overlays"], caveat, cases=cases)
+        return written

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from nnunet_poolskip.benchmark.config import BenchmarkConfig, BenchmarkError
-from nnunet_poolskip.benchmark.protocol import CONFIGURATION, DATASET_KINDS, DEFAULT_PLANS
+from nnunet_poolskip.benchmark.protocol import DATASET_KINDS, DEFAULT_PLANS
 from nnunet_poolskip.benchmark.runinfo import file_sha256, plans_summary
 from nnunet_poolskip.benchmark.steps import Steps
 from nnunet_poolskip.benchmark.workspace import case_ids, executable
@@ -47,7 +47,7 @@ class Preparation:
             argv = [executable("nnunet-poolskip"), DATASET_KINDS[target.kind].converter, str(source),
                     "--dataset-id", str(target.dataset_id)]
             if config.split_file is not None:
-                argv += ["--split-file", str(config.split_file)]
+                argv += ["--split-file", "none" if config.no_test_split else str(config.split_file)]
             if target.kind == "amos" and config.modality:
                 argv += ["--modality", config.modality]
             self.steps.run("convert", f"convert {source} -> nnUNet_raw (dataset {target.dataset_id})", argv)
@@ -126,20 +126,32 @@ class Preparation:
         # synth writes into a temporary folder and renames it at the end: the folder exists only when complete
         return folder.is_dir() and any(folder.iterdir()) and self.steps.record.step("synth").get("status") != "failed"
 
-    def check_test_set(self) -> None:
-        """Every test image has its reference label; records the test and train+val cases in run.json."""
+    def test_cases(self) -> List[str]:
+        """The held-out test cases of the converted data set; BenchmarkError when the protocol needs a test set
+        (``--protocol test`` or ``both``) and the data set has none, or lacks a test case's reference label."""
         raw = self.config.raw_folder()
         ending = file_ending(raw)
         tests = case_ids(raw / "imagesTs", ending) if (raw / "imagesTs").is_dir() else []
+        if "test" not in self.config.protocols:
+            return tests
         if not tests:
-            raise BenchmarkError(f"{raw} has no test images (imagesTs/<case>_0000{ending}): the benchmark predicts "
-                                 f"and evaluates the held-out test set")
+            raise BenchmarkError(f"{raw} has no test images (imagesTs/<case>_0000{ending}): --protocol "
+                                 f"{self.config.resolved_protocol()} predicts and evaluates the held-out test set; "
+                                 f"compare by cross-validation over imagesTr/labelsTr with --protocol cv")
         missing = [c for c in tests if not (raw / "labelsTs" / f"{c}{ending}").is_file()]
         if missing:
-            raise BenchmarkError(f"{raw / 'labelsTs'} lacks the reference labels of test cases {missing}")
+            raise BenchmarkError(f"{raw / 'labelsTs'} lacks the reference labels of test cases {missing}: "
+                                 f"--protocol {self.config.resolved_protocol()} evaluates the held-out test set; "
+                                 f"compare by cross-validation with --protocol cv")
+        return tests
+
+    def check_test_set(self) -> None:
+        """The protocol's cases exist (see :meth:`test_cases`); records the test and train+val cases in run.json."""
+        raw = self.config.raw_folder()
+        tests = self.test_cases()
         record = self.steps.record
         record.data["dataset"].update({"name": raw.name, "test_cases": tests,
-                                       "n_train_val": len(case_ids(raw / "imagesTr", ending))})
+                                       "n_train_val": len(case_ids(raw / "imagesTr", file_ending(raw)))})
         record.save()
 
     def preprocessed_folder(self) -> Path:
@@ -153,7 +165,9 @@ class Preparation:
                 "interrupted", "failed", "running"):
             return False
         plans = json.loads(plans_file.read_text())
-        data_folder = folder / plans["configurations"][CONFIGURATION]["data_identifier"]
+        if self.config.configuration not in plans["configurations"]:
+            return False
+        data_folder = folder / plans["configurations"][self.config.configuration]["data_identifier"]
         raw = self.config.raw_folder()
         cases = case_ids(raw / "imagesTr", file_ending(raw))
         return data_folder.is_dir() and all((data_folder / f"{c}.pkl").is_file() for c in cases)
@@ -164,7 +178,7 @@ class Preparation:
             self.steps.skip(step, "nnUNetv2_plan_and_preprocess", "plans and preprocessed data exist")
         else:
             argv = [executable("nnUNetv2_plan_and_preprocess"), "-d", str(self.config.target.dataset_id),
-                    "-c", CONFIGURATION]
+                    "-c", self.config.configuration]
             if self.config.target.kind == "custom":  # our converters already check geometry and label values
                 argv.append("--verify_dataset_integrity")
             if self.settings.preprocess_processes is not None:  # fingerprint workers too (nnU-Net default 8)
@@ -186,4 +200,10 @@ class Preparation:
                 self.steps.run("derive_plans", f"derive plans {plans} (preset {self.settings.plans_preset})", argv)
         if not target.is_file():
             raise BenchmarkError(f"plans {target} not found")
-        self.steps.record.note("plans", plans_summary(target, CONFIGURATION))
+        configurations = json.loads(target.read_text())["configurations"]
+        if self.config.configuration not in configurations:
+            # nnU-Net plans 3d_lowres only when the full-resolution images are much larger than the patch
+            raise BenchmarkError(f"nnU-Net's plans {target} have no configuration {self.config.configuration!r} for "
+                                 f"this data set (planned: {', '.join(sorted(configurations))}); choose one of those "
+                                 f"with --configuration")
+        self.steps.record.note("plans", plans_summary(target, self.config.configuration))

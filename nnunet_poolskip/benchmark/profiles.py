@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from nnunet_poolskip.benchmark.protocol import PAPER_FOLDS, PAPER_MODELS
+from nnunet_poolskip.benchmark.protocol import CONFIGURATION, PAPER_FOLDS, PAPER_MODELS
 from nnunet_poolskip.training.schedule import MAX_SEED
 
 
@@ -91,7 +91,7 @@ OVERRIDE_OPTIONS: Dict[str, str] = {
     "synthetic_cases": "--cases", "synth_seed": "--seed", "synth_size": "--phantom-size",
     "preprocess_processes": "--preprocess-processes",
     "test_time_mirroring": "--tta", "num_gpus": "--num-gpus", "seeds": "--seeds",
-    "parallel_trainings": "--parallel-trainings",
+    "parallel_trainings": "--parallel-trainings", "configuration": "--configuration",
 }
 """Settings field -> the benchmark's command-line option that overrides it (one source for the CLI and for
 the command lines written into SLURM scripts)."""
@@ -103,10 +103,12 @@ class Settings(Profile):
 
     ``seeds``: train every model x fold once per seed, each run seeded with ``NNUNET_POOLSKIP_SEED`` and kept in
     its own nnU-Net results folder (``nnUNet_results/seed_<s>``); None: one unseeded run per model x fold, in
-    nnUNet_results itself (nnU-Net's own behaviour).
+    nnUNet_results itself (nnU-Net's own behaviour). ``configuration``: the nnU-Net configuration every model is
+    trained and predicted in (protocol.CONFIGURATIONS; the paper's 3d_fullres unless --configuration).
     """
 
     num_gpus: int = 1
+    configuration: str = CONFIGURATION
     seeds: Optional[Tuple[int, ...]] = None
     overridden: List[str] = field(default_factory=list)
 
@@ -151,7 +153,8 @@ class Settings(Profile):
         return {"device": self.device, "plans_preset": self.plans_preset, "epochs": self.epochs,
                 "iterations": self.iterations, "val_iterations": self.val_iterations,
                 "synthetic_cases": self.synthetic_cases, "synth_seed": self.synth_seed,
-                "synth_size": list(self.synth_size) if self.synth_size else None}
+                "synth_size": list(self.synth_size) if self.synth_size else None,
+                "configuration": self.configuration}
 
 
 def resolve_settings(profile_name: str, **overrides) -> Settings:

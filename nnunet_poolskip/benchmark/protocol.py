@@ -17,7 +17,18 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 CONFIGURATION = "3d_fullres"
-"""The nnU-Net configuration the paper's 3D models are trained in."""
+"""The nnU-Net configuration the paper's 3D models are trained in (the benchmark's default)."""
+
+CONFIGURATIONS: Tuple[str, ...] = ("3d_fullres", "2d", "3d_lowres")
+"""The nnU-Net configurations the benchmark trains (``--configuration``); the cascade is not one of them."""
+
+PROTOCOLS: Tuple[str, ...] = ("test", "cv", "both")
+"""``--protocol``: ``test`` scores the softmax fold ensemble on the held-out test set (the paper's); ``cv`` scores
+every case of the trained folds once, by nnU-Net's final validation of the fold that held it out (nnU-Net
+Revisited's); ``both`` reports both."""
+
+VNET_TRAINER_PREFIX = "nnUNetTrainerVNet"
+"""Trainer class names of the V-Net family (MONAI's V-Net is 3D only)."""
 
 DEFAULT_PLANS = "nnUNetPlans"
 """nnU-Net's default plans identifier (what ``nnUNetv2_plan_and_preprocess`` writes)."""
@@ -121,6 +132,29 @@ def parse_models(text: Sequence[str] | str) -> List[Model]:
     if duplicates:
         raise ValueError(f"--models names {duplicates} more than once")
     return [resolve_model(n) for n in names]
+
+
+def check_configuration(configuration: str, trainers: Sequence[str]) -> None:
+    """Refuse a configuration the benchmark cannot train, or 3D-only trainers in the 2D configuration.
+
+    Args:
+        configuration: ``--configuration`` (an nnU-Net configuration name).
+        trainers: the trainer class names of the run's models.
+
+    Raises:
+        ValueError: naming the configuration (and the trainers), and what to use instead.
+    """
+    if configuration == "3d_cascade_fullres":
+        raise ValueError("--configuration 3d_cascade_fullres is not supported: the cascade needs the 3d_lowres "
+                         "predictions of every fold first; compare 3d_fullres, 2d or 3d_lowres models")
+    if configuration not in CONFIGURATIONS:
+        raise ValueError(f"--configuration must be one of {', '.join(CONFIGURATIONS)}, got {configuration!r}")
+    if configuration == "2d":
+        three_d = [t for t in trainers if t.startswith(VNET_TRAINER_PREFIX)]
+        if three_d:
+            raise ValueError(f"--configuration 2d: the V-Net trainers {sorted(set(three_d))} train 3D configurations "
+                             f"only (MONAI's V-Net is a 3D network); leave the V-Net models out of --models "
+                             f"(e.g. --models nnunet,nnunet_poolskip)")
 
 
 def check_trainers_available(trainers: Sequence[str]) -> None:

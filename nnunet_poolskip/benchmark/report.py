@@ -114,19 +114,23 @@ def table_rows(models: Sequence[Model], outputs: Mapping[str, Tuple[List[Model],
     return rows
 
 
-def foreground_sentence(rows: Sequence[Mapping]) -> str:
+def foreground_sentence(rows: Sequence[Mapping], cases: str = "test case") -> str:
     """"Foreground means over N organs", counting what each row's mean averages (compare's ``foreground_labels``:
     an organ without a value in any test case has no mean and is not in the foreground mean)."""
     total = rows[0]["labels"] if rows else 0
     fewer = [f"{r['model']} {r['foreground_labels']}" for r in rows if r["foreground_labels"] != r["labels"]]
     if not fewer:
         return f"Foreground means over all {total} organs"
-    return (f"Foreground means over the organs with a value in some test case, of {total}: " + ", ".join(fewer)
+    return (f"Foreground means over the organs with a value in some {cases}, of {total}: " + ", ".join(fewer)
             + (f", the others {total}" if len(fewer) < len(rows) else ""))
 
 
-def protocol_lines(config, record: Mapping, incomplete: Mapping[str, List[str]]) -> List[str]:
-    """The banner: smoke/synthetic warning, deviations from the paper's protocol, run status, set-up."""
+def protocol_lines(config, record: Mapping, incomplete: Mapping[str, List[str]], protocol: str = "test",
+                   n_cases: int = 0) -> List[str]:
+    """The banner: smoke/synthetic warning, deviations from the paper's protocol, run status, set-up.
+    ``protocol`` ``cv``: the cross-validation's wording (cv_report.py), ``n_cases`` the cases it scored."""
+    from nnunet_poolskip.benchmark import cv_report
+
     s = config.settings
     lines: List[str] = []
     if s.smoke or config.synthetic:
@@ -140,7 +144,10 @@ def protocol_lines(config, record: Mapping, incomplete: Mapping[str, List[str]])
     deviations = []
     if tuple(sorted(s.folds)) != PAPER_FOLDS:
         deviations.append(f"**{len(s.folds)} fold(s) ({' '.join(map(str, s.folds))}) instead of the paper's 5**; "
-                          f"the test set is predicted by the softmax mean of these folds")
+                          + ("the test set is predicted by the softmax mean of these folds" if protocol == "test" else
+                             "n counts the validation cases of these folds only"))
+    if s.configuration != "3d_fullres":
+        deviations.append(f"configuration {s.configuration} instead of the paper's 3d_fullres")
     if s.short_schedule:
         deviations.append(f"short schedule: {s.epochs or PAPER_EPOCHS} epochs x {s.iterations or PAPER_ITERATIONS} "
                           f"iterations (nnU-Net default {PAPER_EPOCHS} x {PAPER_ITERATIONS})")
@@ -148,20 +155,26 @@ def protocol_lines(config, record: Mapping, incomplete: Mapping[str, List[str]])
         deviations.append(f"plans {config.plans} (preset {s.plans_preset}: smaller networks and patches), not "
                           f"nnU-Net's default plans")
     if not s.test_time_mirroring:
-        deviations.append("no test-time mirroring")
+        deviations.append("no test-time mirroring" + ("" if protocol == "test" else " (unmirrored final validation)"))
     if config.synthetic:
         deviations.append(f"{s.synthetic_cases} synthetic {config.target.kind.upper()}-like phantoms (seed "
                           f"{s.synth_seed}) instead of the real data")
     if incomplete:
         lines.append("**INCOMPLETE RUN.** Left out of the table because their training did not finish: "
                      + "; ".join(f"{m} ({', '.join(v)})" for m, v in incomplete.items()) + ".")
+    elif protocol == "cv":
+        lines.append(cv_report.status_line(s.folds, n_cases))
     else:
         lines.append(f"Status: complete. Every model was trained on every listed fold and evaluated on all "
                      f"{len(record.get('dataset', {}).get('test_cases', []))} test cases.")
     lines.append("")
-    lines.append("Protocol: " + (f"profile `{s.profile}`; " if s.profile else "")
-                 + ("the paper's protocol" if not deviations else "deviations from the paper: " + "; ".join(deviations))
-                 + ".")
+    if protocol == "cv":
+        lines.append("Protocol: " + (f"profile `{s.profile}`; " if s.profile else "")
+                     + cv_report.protocol_sentence(deviations) + ".")
+    else:
+        lines.append("Protocol: " + (f"profile `{s.profile}`; " if s.profile else "")
+                     + ("the paper's protocol" if not deviations else "deviations from the paper: "
+                        + "; ".join(deviations)) + ".")
     ds = record.get("dataset", {})
     lines.append(f"Data: {ds.get('name', config.target.label)}, {ds.get('n_train_val', '?')} train+val cases "
                  f"(cross-validation folds {' '.join(map(str, s.folds))}), {len(ds.get('test_cases', []))} held-out "
@@ -173,7 +186,8 @@ def protocol_lines(config, record: Mapping, incomplete: Mapping[str, List[str]])
 
 def compose_tables(config, record: Mapping, outputs: Mapping[str, Tuple[List[Model], Path]],
                    incomplete: Mapping[str, List[str]], folder: Path, sections: Sequence[str] = (),
-                   csv_columns: Optional[Mapping[str, Mapping[str, str]]] = None) -> Dict[str, Path]:
+                   csv_columns: Optional[Mapping[str, Mapping[str, str]]] = None,
+                   protocol: str = "test") -> Dict[str, Path]:
     """Write table.md and table.csv into ``folder`` and copy the per-organ files of the all-models compare.
 
     Args:
@@ -184,22 +198,31 @@ def compose_tables(config, record: Mapping, outputs: Mapping[str, Tuple[List[Mod
         folder: the results folder.
         sections: Markdown lines added to table.md after the tables (the evidence sections of evidence.py).
         csv_columns: column -> model name -> cell, added to table.csv's rows (the seed spread).
+        protocol: ``test`` (the held-out test set) or ``cv`` (the cross-validation: its header cell states the
+            folds and n, see cv_report.py).
     Returns:
         kind -> written path.
     """
 
+    from nnunet_poolskip.benchmark import cv_report
+
     models = outputs["all"][0]
     rows = table_rows(models, outputs)
     title = f"Pool Skip benchmark: {dataset_title(config)}"
+    n_cases = max((r["n_cases"] for r in rows), default=0)
+    folds = config.settings.folds
+    first_cell = "Model" if protocol == "test" else cv_report.model_header(folds, n_cases)
     # the NSD column names its tolerance as compare's table does (``NSD@1 mm``)
     nsd = re.search(r"(NSD@[^|(]+?) \(%\)", (outputs["all"][1] / "table3.md").read_text())
-    header = ["Model"] + [label.replace("NSD", nsd.group(1)) if nsd else label for _, label in METRICS]
+    header = [first_cell] + [label.replace("NSD", nsd.group(1)) if nsd else label for _, label in METRICS]
     body = [[r["model"] + (" †" if r["incomplete"] else "")] + r["cells"] for r in rows]
     table = ["| " + " | ".join(header) + " |", "|---|" + ":---:|" * len(METRICS)]
     table += ["| " + " | ".join(cells) + " |" for cells in body]
-    text = [f"# {title}", "", *protocol_lines(config, record, incomplete), "",
-            "## Test set, paper's Table 3 layout", "", *table, "",
-            foreground_sentence(rows) + ", percent; a Pool Skip row's delta (percentage points) is against the "
+    heading = "## Test set, paper's Table 3 layout" if protocol == "test" else cv_report.table_heading(folds, n_cases)
+    text = [f"# {title}", "", *protocol_lines(config, record, incomplete, protocol, n_cases), "",
+            heading, "", *table, "",
+            foreground_sentence(rows, "test case" if protocol == "test" else "case")
+            + ", percent; a Pool Skip row's delta (percentage points) is against the "
             "row of its own baseline above it." + (" † = evaluated on incomplete predictions." if any(
                 r["incomplete"] for r in rows) else "")]
     all_table = (outputs["all"][1] / "table3.md").read_text()

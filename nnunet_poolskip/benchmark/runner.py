@@ -105,10 +105,11 @@ class BenchmarkRunner:
     def _remove_tables(self) -> None:
         """Tables of an earlier invocation go before this one builds its own: a run that stops early must not
         leave a table beside it that describes another state of the results."""
+        from nnunet_poolskip.benchmark.cross_validation import CV_FOLDER
         from nnunet_poolskip.benchmark.evidence import EVIDENCE_FILES
         from nnunet_poolskip.benchmark.report import TABLE_FILES
 
-        for pattern in TABLE_FILES + EVIDENCE_FILES:
+        for pattern in TABLE_FILES + EVIDENCE_FILES + tuple(f"{CV_FOLDER}/{p}" for p in TABLE_FILES + EVIDENCE_FILES):
             for path in self.config.output.glob(pattern):
                 path.unlink()
 
@@ -125,12 +126,25 @@ class BenchmarkRunner:
             except (ValueError, FileNotFoundError) as error:
                 raise BenchmarkError(f"--nsd-tolerances: {error}") from None
         converted = target.raw_folder(self.ws)
+        if target.kind == "custom" and converted is not None:
+            from nnunet_poolskip.benchmark.dataset_checks import check_raw_dataset
+
+            if "_" in target.label and converted.name != target.label:
+                raise BenchmarkError(f"data set {target.label} not found in nnUNet_raw ({self.ws.raw}); id "
+                                     f"{target.dataset_id} is {converted.name} there")
+
+            # every label map is read once, before the preprocessing; later invocations check the files only
+            check_raw_dataset(converted, read_labels=not self.preparation.preprocessing_complete())
         if converted is not None and (converted / "dataset.json").is_file():
             self.preparation.check_existing_conversion(converted)  # before any stage relies on it
+            self.preparation.test_cases()  # the protocol's test set, when it needs one
             return
         if target.kind == "custom":
             raise BenchmarkError(f"data set {target.label} not found in nnUNet_raw ({self.ws.raw}); convert it "
                                  f"first or use --dataset btcv|amos with --raw")
+        if "test" in config.protocols and config.no_test_split:
+            raise BenchmarkError(f"--split-file none leaves no test set: --protocol {config.resolved_protocol()} "
+                                 f"needs one; use --protocol cv")
         if config.stage not in ("all", "prepare"):
             raise BenchmarkError(f"data set {target.dataset_id} is not converted yet in {self.ws.raw}: run the "
                                  f"prepare stage first")
@@ -181,6 +195,8 @@ class BenchmarkRunner:
         previous = self.record.data
         key = self.settings.protocol_key()
         old_key = previous.get("protocol_key")
+        if old_key is not None:  # run.json of a version that trained 3d_fullres only
+            old_key = {"configuration": CONFIGURATION, **old_key}
         if old_key is not None and old_key != key:
             changed = {k: (old_key.get(k), v) for k, v in key.items() if old_key.get(k) != v}
             changes = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in changed.items())
@@ -218,7 +234,8 @@ class BenchmarkRunner:
                                         f"{self.ws.results}/seed_S; bit-identical reruns only on the CPU with "
                                         f"nnUNet_n_proc_DA=0 (see training/base.py)")
                       if s.seeds else None},
-            "configuration": CONFIGURATION,
+            "configuration": s.configuration,
+            "protocol": self.config.resolved_protocol(),
         }
 
     def _print_header(self) -> None:
@@ -229,6 +246,11 @@ class BenchmarkRunner:
         data = f"synthetic {c.target.kind.upper()}-like phantoms ({s.synthetic_cases} cases)" if c.synthetic \
             else (str(c.raw_source) if c.raw_source else "already converted")
         self.say(f"  data set: {c.target.label} (id {c.target.dataset_id}), from {data}")
+        protocol = c.resolved_protocol()
+        chosen = "" if c.protocol else (" (chosen: the data set has no test labels)" if protocol == "cv"
+                                        else " (chosen: the data set has a held-out test set)")
+        self.say(f"  protocol: {protocol}{chosen}; configuration {c.configuration}"
+                 + ("; --protocol cv|test|both to choose" if not c.protocol else ""))
         folders = self.ws.raw.parent if self.ws.raw.parent == self.ws.results.parent else self.ws.variables()
         self.say(f"  output: {c.output}   nnU-Net folders: {folders}")
         if not c.verbose:
@@ -247,8 +269,10 @@ class BenchmarkRunner:
             done = self.preparation.preprocessing_complete()
             self.say(f"plans and preprocessing: {'done' if done else 'to do'}")
         self.training.print_plan(self.training.runs())
-        for seed in self.settings.run_seeds:
-            for model in self.config.models:
-                summary = self.finishing.summary_file(model, seed)
-                self.say(f"   {model.name:<20} {'' if seed is None else f'seed {seed} '}evaluation summary: "
-                         f"{'exists' if summary.is_file() else 'to do'}")
+        for protocol in self.config.protocols:
+            for seed in self.settings.run_seeds:
+                for model in self.config.models:
+                    summary = self.finishing.summary_file(model, seed, protocol)
+                    what = "evaluation summary" + ("" if protocol == "test" else " (cross-validation)")
+                    self.say(f"   {model.name:<20} {'' if seed is None else f'seed {seed} '}{what}: "
+                             f"{'exists' if summary.is_file() else 'to do'}")

@@ -24,7 +24,6 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from nnunet_poolskip.benchmark.protocol import CONFIGURATION
 from nnunet_poolskip.benchmark.training_runs import NNUNET_SCHEDULE, planned_runs, train_command
 from nnunet_poolskip.benchmark.workspace import RUN_VARIABLES, step_environment
 from nnunet_poolskip.training.schedule import SEED_VARIABLE
@@ -94,8 +93,8 @@ def emit_slurm(config, folder: os.PathLike, benchmark_argv: Sequence[str],
     placeholders = {"$FOLD", "$TRAINER"}
     train_line = " ".join(f'"{t}"' if t in placeholders else shlex.quote(t) for t in train_command(
         "nnUNetv2_train", config.target.dataset_id, "$FOLD", "$TRAINER", config.plans, settings.device,
-        settings.num_gpus))
-    model_dir = f'"$RESULTS"/Dataset{config.target.dataset_id:03d}_*/"$TRAINER"__{config.plans}__{CONFIGURATION}'
+        settings.num_gpus, configuration=config.configuration))
+    model_dir = f'"$RESULTS"/Dataset{config.target.dataset_id:03d}_*/"$TRAINER"__{config.plans}__{config.configuration}'
     array = [f"--array=0-{len(runs) - 1}", KILL_ON_INVALID_DEPENDENCY]
     train = _header("poolskip-train", logs, sbatch_options, gpu_lines + array, array=True) + [
         "set -euo pipefail", f"source {shlex.quote(str(folder / 'env.sh'))}", *_exports(train_only),

@@ -48,7 +48,8 @@ class Training:
         # before conversion the name is unknown; no fold folder can exist yet, so every run is new
         name = folder.name if folder is not None else f"Dataset{self.config.target.dataset_id:03d}_(not converted)"
         return [TrainingRun(model, trainer, fold,
-                            model_folder(self.ws.results_for_seed(seed), name, trainer, self.config.plans)
+                            model_folder(self.ws.results_for_seed(seed), name, trainer, self.config.plans,
+                                         self.config.configuration)
                             / f"fold_{fold}", seed)
                 for model, trainer, fold, seed in planned_runs(self.config.models, self.config.target.kind,
                                                                self.settings.folds, self.settings.run_seeds)]
@@ -152,7 +153,8 @@ class Training:
 
     def _start(self, run: TrainingRun, state: FoldState) -> Tuple[RunningStep, Optional["_EpochWatcher"]]:
         argv = train_command(executable("nnUNetv2_train"), self.config.target.dataset_id, run.fold,
-                             run.trainer, self.config.plans, self.settings.device, self.settings.num_gpus, state)
+                             run.trainer, self.config.plans, self.settings.device, self.settings.num_gpus, state,
+                             self.config.configuration)
         what = {FoldState.NEW: "", FoldState.RESUME: " [continuing from its checkpoint: --c]",
                 FoldState.VALIDATE: " [trained; running the unfinished final validation: --val]"}[state]
         self.pending.remove(run)

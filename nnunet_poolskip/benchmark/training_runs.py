@@ -112,7 +112,8 @@ def model_folder(results: Path, dataset_name: str, trainer: str, plans: str,
 
 
 def train_command(train_executable: str, dataset_id: int, fold: Union[int, str], trainer: str, plans: str,
-                  device: str, num_gpus: int = 1, state: FoldState = FoldState.NEW) -> List[str]:
+                  device: str, num_gpus: int = 1, state: FoldState = FoldState.NEW,
+                  configuration: str = CONFIGURATION) -> List[str]:
     """The ``nnUNetv2_train`` command for one fold in a given state (a done fold has none: ValueError).
 
     Args:
@@ -124,10 +125,11 @@ def train_command(train_executable: str, dataset_id: int, fold: Union[int, str],
         device: ``cuda`` or ``cpu``.
         num_gpus: passed as ``-num_gpus`` (nnU-Net's DDP training) when above 1.
         state: the fold's state; RESUME adds ``--c``, VALIDATE adds ``--val``.
+        configuration: the nnU-Net configuration (``3d_fullres``, ``2d``, ``3d_lowres``).
     """
     if state == FoldState.DONE:
         raise ValueError("a done fold needs no training command")
-    argv = [train_executable, str(dataset_id), CONFIGURATION, str(fold), "-tr", trainer, "-p", plans,
+    argv = [train_executable, str(dataset_id), configuration, str(fold), "-tr", trainer, "-p", plans,
             "-device", device]
     if num_gpus > 1:
         argv += ["-num_gpus", str(num_gpus)]

@@ -10,7 +10,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_id: int, kind:
                         help=f"nnU-Net data set id (default {default_id})")
     parser.add_argument("--split-file", default=None,
                         help=f"test/train split JSON (default: the shipped "
-                             f"nnunet_poolskip/dataset_conversion/split_files/{kind}_split.json; "
+                             f"nnunet_poolskip/dataset_conversion/split_files/{kind}_split.json; 'none': no test "
+                             f"split, every labelled case in the 5-fold cross-validation, as nnU-Net Revisited; "
                              f"format in README / nnunet_poolskip/dataset_conversion/splits.py)")
     parser.add_argument("-o", "--output-root", default=None,
                         help="nnU-Net raw folder to write into (default: $nnUNet_raw)")

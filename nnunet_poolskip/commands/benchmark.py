@@ -28,6 +28,7 @@ def _defaults(field: str, unset: str = "nnU-Net's default") -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from nnunet_poolskip.benchmark.protocol import CONFIGURATIONS, PROTOCOLS
     from nnunet_poolskip.dataset_conversion.phantoms import DEFAULT_SIZE
 
     data = parser.add_argument_group("data")
@@ -38,13 +39,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="the BTCV or AMOS download folder (the demo profile makes phantoms when it is absent)")
     data.add_argument("--dataset-id", type=int, help="nnU-Net id for the converted data set (default: BTCV 17, "
                                                      "AMOS 218)")
-    data.add_argument("--split-file", help="the converter's --split-file (default: the shipped paper split)")
+    data.add_argument("--split-file", help="the converter's --split-file (default: the shipped paper split; 'none': no "
+                                           "test split, every labelled case in the cross-validation, as nnU-Net "
+                                           "Revisited; compare it with --protocol cv)")
     data.add_argument("--modality", choices=("ct", "mri", "all"), help="AMOS: convert-amos --modality")
 
     protocol = parser.add_argument_group("protocol (the profile's values unless given)")
     protocol.add_argument("--profile", required=True, choices=("paper", "demo"),
                           help="paper: nnU-Net defaults (1000 epochs, default plans, 5 folds, GPU); demo: smoke-scale "
                                "CPU run on synthetic phantoms (minutes); the options below override single values")
+    protocol.add_argument("--protocol", choices=PROTOCOLS,
+                          help="test: softmax fold ensemble on the held-out test set (the paper's); cv: every case of "
+                               "the trained folds scored once by nnU-Net's final validation of the fold that held it "
+                               "out (nnU-Net Revisited's); both: both tables in one report. Default: test when the "
+                               "data set has test labels (btcv, amos), else cv")
+    protocol.add_argument("--configuration", metavar="{" + ",".join(CONFIGURATIONS) + "}",
+                          help="nnU-Net configuration every model is trained and predicted in (default 3d_fullres, "
+                               "the paper's; V-Net models are 3D only; the cascade is not supported)")
     protocol.add_argument("--models", nargs="+", metavar="MODEL",
                           help="model names, comma- or space-separated (default nnunet,nnunet_poolskip,vnet,"
                                "vnet_poolskip); also nnunet_stock, nnunet_poolskip_s4, ablation_pool_skip, "
@@ -121,7 +132,7 @@ def build_config(args: argparse.Namespace):
                      val_iterations=args.val_iterations, folds=args.folds, synthetic_cases=args.cases,
                      synth_seed=args.seed, synth_size=args.phantom_size, preprocess_processes=args.preprocess_processes,
                      test_time_mirroring=args.tta, num_gpus=args.num_gpus, seeds=args.seeds,
-                     parallel_trainings=args.parallel_trainings,
+                     parallel_trainings=args.parallel_trainings, configuration=args.configuration,
                      models=[m.name for m in models] if models else None)
     settings = resolve_settings(args.profile, **overrides)
     if plans_preset is not None:
@@ -141,8 +152,21 @@ def build_config(args: argparse.Namespace):
         from_env = Workspace.from_environment(os.environ) if args.profile == "paper" else None
         workspace = from_env or Workspace.under(output / "nnunet")
     raw = Path(args.raw).absolute() if args.raw else None
+    split_file = None
+    if args.split_file:
+        from nnunet_poolskip.dataset_conversion.splits import NO_TEST_SPLIT, resolve_split_file
+
+        if target.kind == "custom":
+            raise ValueError(f"--split-file applies to --dataset btcv|amos (the converters); {target.label} is "
+                             f"already converted: its cross-validation folds are its splits_final.json")
+        split_file = resolve_split_file(args.split_file, target.kind)
+        if args.split_file.lower() != NO_TEST_SPLIT:
+            split_file = split_file.absolute()
+        elif args.protocol in ("test", "both"):
+            raise ValueError(f"--split-file none leaves no test set: --protocol {args.protocol} needs one; use "
+                             f"--protocol cv")
     return BenchmarkConfig(target=target, settings=settings, models=models, output=output, workspace=workspace,
-                           raw_source=raw, split_file=Path(args.split_file).absolute() if args.split_file else None,
+                           raw_source=raw, split_file=split_file, protocol=args.protocol,
                            modality=args.modality, stage=args.stage, keep_going=args.keep_going,
                            verbose=args.verbose, evaluate_processes=args.evaluate_processes,
                            nsd_tolerances=args.nsd_tolerances, argv=list(sys.argv))
@@ -163,7 +187,9 @@ def reproducing_arguments(config) -> list:
     if config.raw_source:
         argv += ["--raw", str(config.raw_source)]
     if config.split_file:
-        argv += ["--split-file", str(config.split_file)]
+        argv += ["--split-file", "none" if config.no_test_split else str(config.split_file)]
+    if config.protocol:
+        argv += ["--protocol", config.protocol]
     if config.modality:
         argv += ["--modality", config.modality]
     argv += config.settings.override_arguments()
@@ -178,7 +204,7 @@ def reproducing_arguments(config) -> list:
 
 def run(args: argparse.Namespace) -> int:
     from nnunet_poolskip.benchmark.config import BenchmarkError
-    from nnunet_poolskip.benchmark.protocol import check_trainers_available
+    from nnunet_poolskip.benchmark.protocol import check_configuration, check_trainers_available
     from nnunet_poolskip.benchmark.runner import BenchmarkRunner
     from nnunet_poolskip.training import TRAINERS
     from nnunet_poolskip.utilities.atomic import check_output_path
@@ -187,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = build_config(args)
         trainers = sorted(set(config.trainers().values()))
+        check_configuration(config.configuration, trainers)
         check_trainers_available(trainers)
         ignoring = [t for t in trainers if t not in TRAINERS]
         if config.settings.short_schedule and ignoring:

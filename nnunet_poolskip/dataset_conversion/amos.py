@@ -156,7 +156,8 @@ def convert_amos(source: Union[str, os.PathLike], dataset_id: int = DEFAULT_DATA
         source: the AMOS 2022 folder (with dataset.json, imagesTr, ...).
         dataset_id: nnU-Net data set id (1..999).
         modality: "all" (CT and MRI), "ct" (ids <= 500) or "mri" (ids > 500).
-        split_file: test/train split file (default: the shipped ``amos_split.json``).
+        split_file: test/train split file (default: the shipped ``amos_split.json``; ``none``: no test
+            split, every case in the cross-validation).
         output_root: nnU-Net raw folder (default ``$nnUNet_raw``).
         overwrite: replace an existing output.
         progress: show progress bars.
@@ -164,7 +165,7 @@ def convert_amos(source: Union[str, os.PathLike], dataset_id: int = DEFAULT_DATA
     Raises:
         ConversionError: any bad input (nothing is written then).
     """
-    from nnunet_poolskip.dataset_conversion.splits import shipped_split_file
+    from nnunet_poolskip.dataset_conversion.splits import resolve_split_file
 
     if modality not in MODALITIES:
         raise ConversionError(f"--modality must be one of {MODALITIES}, got {modality!r}")
@@ -172,7 +173,7 @@ def convert_amos(source: Union[str, os.PathLike], dataset_id: int = DEFAULT_DATA
     return convert_dataset(
         command="convert-amos", split_dataset=SPLIT_DATASET, valid_id=is_amos_case_id, source=source,
         folder_name=dataset_folder_name(dataset_id, DATASET_NAMES[modality]),
-        split_file=Path(split_file) if split_file else shipped_split_file("amos"), output_root=output_root,
+        split_file=resolve_split_file(split_file, "amos"), output_root=output_root,
         overwrite=overwrite, discover=lambda: discover_amos(source, modality), max_label=max_label("amos"),
         dataset_json=lambda train, test: amos_dataset_json(modality, train, test),
         settings={"dataset_id": dataset_id, "modality": modality}, progress=progress)

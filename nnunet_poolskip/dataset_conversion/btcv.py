@@ -91,7 +91,8 @@ def convert_btcv(source: Union[str, os.PathLike], dataset_id: int = DEFAULT_DATA
     Args:
         source: the folder holding ``RawData/`` (or ``RawData`` itself).
         dataset_id: nnU-Net data set id (1..999).
-        split_file: test/train split file (default: the shipped ``btcv_split.json``).
+        split_file: test/train split file (default: the shipped ``btcv_split.json``; ``none``: no test
+            split, every case in the cross-validation).
         output_root: nnU-Net raw folder (default ``$nnUNet_raw``).
         overwrite: replace an existing output.
         progress: show progress bars.
@@ -99,12 +100,12 @@ def convert_btcv(source: Union[str, os.PathLike], dataset_id: int = DEFAULT_DATA
     Raises:
         ConversionError: any bad input (nothing is written then).
     """
-    from nnunet_poolskip.dataset_conversion.splits import shipped_split_file
+    from nnunet_poolskip.dataset_conversion.splits import resolve_split_file
 
     source = Path(source).expanduser()
     return convert_dataset(
         command="convert-btcv", split_dataset=SPLIT_DATASET, valid_id=is_btcv_case_id, source=source,
         folder_name=dataset_folder_name(dataset_id, DATASET_NAME),
-        split_file=Path(split_file) if split_file else shipped_split_file("btcv"), output_root=output_root,
+        split_file=resolve_split_file(split_file, "btcv"), output_root=output_root,
         overwrite=overwrite, discover=lambda: discover_btcv(source), max_label=max_label("btcv"),
         dataset_json=btcv_dataset_json, settings={"dataset_id": dataset_id}, progress=progress)

@@ -40,6 +40,9 @@ from nnunet_poolskip.dataset_conversion.checks import ConversionError
 
 SPLIT_FILES_FOLDER = Path(__file__).resolve().parent / "split_files"
 SHIPPED_SPLIT_FILES = {"btcv": "btcv_split.json", "amos": "amos_split.json"}
+NO_TEST_SPLIT = "none"
+"""``--split-file none``: the shipped ``no_test_split.json`` (every labelled case in the cross-validation)."""
+NO_TEST_SPLIT_FILE = "no_test_split.json"
 DEFAULT_N_FOLDS = 5
 DEFAULT_FOLD_SEED = 12345
 _KNOWN_KEYS = {"format", "dataset", "description", "procedure", "source", "test", "train", "unlisted", "folds"}
@@ -83,6 +86,16 @@ def shipped_split_file(kind: str) -> Path:
         return SPLIT_FILES_FOLDER / SHIPPED_SPLIT_FILES[kind]
     except KeyError:
         raise ValueError(f"no shipped split file for {kind!r}; known: {sorted(SHIPPED_SPLIT_FILES)}") from None
+
+
+def resolve_split_file(value: Optional[Union[str, os.PathLike]], kind: str) -> Path:
+    """The split file a converter applies: ``value`` as a path, the shipped no-test split for ``none``
+    (any case), or the shipped split of ``kind`` ("btcv" or "amos") when ``value`` is None or empty."""
+    if value is None or str(value) == "":
+        return shipped_split_file(kind)
+    if str(value).lower() == NO_TEST_SPLIT:
+        return SPLIT_FILES_FOLDER / NO_TEST_SPLIT_FILE
+    return Path(value)
 
 
 def _parse_fraction(value, where: str) -> Fraction:
@@ -243,8 +256,12 @@ def split_cases(spec: SplitSpec, cases: Mapping[str, str]) -> Split:
             n_test = rounded_count(len(ranked), rule.test_fraction)
             test.update(ranked[:n_test])
             train.update(ranked[n_test:])
-        notes.append(f"{len(unlisted)} case(s) not listed in {spec.path.name} were split by its seeded-hash rule "
-                     f"(seed {rule.seed}, test fraction {rule.test_fraction}, per modality)")
+        if rule.test_fraction == 0:
+            notes.append(f"no test split ({spec.path.name}): all {len(unlisted)} case(s) are in train+val and the "
+                         f"cross-validation")
+        else:
+            notes.append(f"{len(unlisted)} case(s) not listed in {spec.path.name} were split by its seeded-hash "
+                         f"rule (seed {rule.seed}, test fraction {rule.test_fraction}, per modality)")
     folds = make_folds({i: cases[i] for i in train}, spec.n_folds, spec.fold_seed)
     return Split(test=sorted(test), train=sorted(train), folds=folds, notes=notes)
 

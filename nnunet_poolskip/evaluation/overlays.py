@@ -183,8 +183,9 @@ def _rgba(label_map: np.ndarray, colours: Mapping[int, Tuple[float, float, float
 
 
 def overlay_figure(views: List[CaseView], labels: Mapping[str, str], first_model: str,
-                   caveat: Optional[str] = None):
-    """The figure of :func:`plot_overlays`: one row per case; columns image, reference, then each model."""
+                   caveat: Optional[str] = None, cases: str = "test cases"):
+    """The figure of :func:`plot_overlays`: one row per case; columns image, reference, then each model; ``cases``
+    names the cases in the title."""
     from matplotlib.patches import Patch
 
     colours = label_colours(labels)
@@ -222,14 +223,15 @@ def overlay_figure(views: List[CaseView], labels: Mapping[str, str], first_model
                   ncols=max(1, min(len(handles), 7, int(figure.get_figwidth() / 1.9))))
     window = views[0].window if views else None
     how = ("CT window [-160, 240] HU" if window == CT_WINDOW_HU else "image between its 1st and 99th percentiles")
-    set_title(figure, f"Test cases with the lowest, median and highest foreground Dice of {first_model} ({how})",
+    set_title(figure, f"{cases[:1].upper() + cases[1:]} with the lowest, median and highest foreground Dice of "
+                      f"{first_model} ({how})",
               caveat, fontsize=11)
     return figure
 
 
 def plot_overlays(images_folder: Path, labels_folder: Path, predictions: Mapping[str, Path],
                   summaries: Mapping[str, Mapping], path: Path, caveat: Optional[str] = None,
-                  intensity: str = "auto") -> None:
+                  intensity: str = "auto", cases: str = "test cases") -> None:
     """Write ``overlays.png``: three test cases (lowest, median, highest per-case foreground Dice of the first
     model), one axial slice each through the reference's largest organ: the image, the reference and every model's
     prediction as coloured overlays (one colour per label, legend with the summary's organ names), with case id and
@@ -243,6 +245,7 @@ def plot_overlays(images_folder: Path, labels_folder: Path, predictions: Mapping
         path: the PNG to write (atomically).
         caveat: shown in the title (e.g. that the run is smoke-scale).
         intensity: "auto" (dataset.json beside ``images_folder``), "ct" or "mri" (see the module docstring).
+        cases: what the cases are, for the title (e.g. "out-of-fold predicted cases" for a cross-validation).
     Raises:
         OverlayInputError: see :func:`case_views`.
     """
@@ -250,5 +253,5 @@ def plot_overlays(images_folder: Path, labels_folder: Path, predictions: Mapping
     if not views:
         raise OverlayInputError(f"the summary of {next(iter(predictions))} has no case with a foreground Dice")
     first = next(iter(predictions))
-    figure = overlay_figure(views, summaries[first]["labels"], first, caveat)
+    figure = overlay_figure(views, summaries[first]["labels"], first, caveat, cases)
     save_figure(figure, path)

@@ -680,6 +680,26 @@ def test_scaled_down_benchmark_killed_mid_training_then_resumed(tmp_path):
     # first run: one at a time
     assert "NNUNET_POOLSKIP_THREADS" not in steps["train/nnUNetTrainerBaseline/fold_0"]["env"]
 
+    # 3b) the same folder with --protocol both (issue 20): no training again; the test table, then the cross-validation
+    # of every case of folds 0 and 1 from nnU-Net's own final validation, its files in cv/
+    attempts = {k: len(v["attempts"]) for k, v in steps.items() if k.startswith("train/")}
+    both = subprocess.run([*argv, "--protocol", "both"], env=env, capture_output=True, text=True, timeout=900)
+    assert both.returncode == 0, both.stdout[-4000:] + both.stderr[-4000:]
+    record = json.loads((out / "run.json").read_text())
+    assert {k: len(v["attempts"]) for k, v in record["steps"].items() if k.startswith("train/")} == attempts
+    splits = json.loads((out / "nnunet" / "nnUNet_preprocessed" / "Dataset017_BTCV" / "splits_final.json").read_text())
+    validation = sorted(splits[0]["val"] + splits[1]["val"])
+    table = (out / "table.md").read_text()
+    assert table.index("## Test set, paper's Table 3 layout") < table.index(
+        f"## Cross-validation: n = {len(validation)} cases of folds 0 1 of 5")
+    assert "Per organ: cv/per_organ.md" in table and table in both.stdout
+    assert f"| Model (cross-validation, folds 0 1 of 5, n = {len(validation)} cases) |" in (out / "cv" / "table.md") \
+        .read_text()
+    for model in ("nnunet", "nnunet_poolskip"):
+        summary = json.loads((out / "summaries" / "cv" / f"{model}.json").read_text())
+        assert [c["case"] for c in summary["per_case"]] == validation
+    assert (out / "cv" / "overlays.png").is_file() and (out / "overlays.png").is_file()
+
     # 4) another protocol into the same folder is refused before any work
     assert main(["benchmark", *SCALED_DOWN, "--epochs", "3", "--split-file", str(split), "--output", str(out)]) == 2
 
