@@ -95,7 +95,7 @@ class Finish:
     def model_folder(self, model: Model, seed: Optional[int]) -> Path:
         """nnU-Net's folder of the model's runs with ``seed`` (None: the unseeded runs)."""
         return model_folder(self.ws.results_for_seed(seed), self.config.dataset_name(),
-                            model.trainer_for(self.config.target.kind), self.config.plans)
+                            model.trainer_for(self.config.target.kind), self.config.plans_for(model))
 
     def predictions_folder(self, model: Model, seed: Optional[int] = None) -> Path:
         """``predictions/<model>``, or ``predictions/seed_<s>/<model>`` for a seed's ensemble."""
@@ -132,8 +132,8 @@ class Finish:
             shutil.rmtree(out)
         argv = [executable("nnunet-poolskip"), "predict", "-i", str(raw / "imagesTs"), "-o", str(out),
                 "-d", str(self.config.target.dataset_id), "-c", CONFIGURATION, "-tr", trainer,
-                "-p", self.config.plans, "-f", *map(str, self.settings.folds), "--device", self.settings.device,
-                "--continue"]
+                "-p", self.config.plans_for(model), "-f", *map(str, self.settings.folds),
+                "--device", self.settings.device, "--continue"]
         if not self.settings.test_time_mirroring:
             argv.append("--disable-tta")
         self.steps.run(step, f"predict {len(tests)} test cases with {model.name} (softmax average of folds "
@@ -248,6 +248,7 @@ class Finish:
         """``compare`` for all models and for each Pool Skip model against its own baseline (the paper's
         layout), then table.md / table.csv with the run's protocol and status above the numbers and the evidence
         sections below them, and the figures."""
+        from nnunet_poolskip.benchmark import costs as cost_report
         from nnunet_poolskip.benchmark.report import (
             baseline_pairs,
             comparison_groups,
@@ -259,7 +260,12 @@ class Finish:
         compare_root = self.config.output / "compare"
         caveat = figure_caveat(self.config)
         outputs = {}
-        for group_name, group in comparison_groups(models).items():
+        costs = cost_report.measure(self, models)
+        matched = cost_report.compute_matched(models, costs)  # controls of matched compute: compared as pairs too
+        groups = comparison_groups(models)
+        groups.update({cost_report.matched_group_name(control, model): [control, model]
+                       for control, model, _ in matched})
+        for group_name, group in groups.items():
             folder = compare_root / group_name
             argv = [executable("nnunet-poolskip"), "compare", *[str(summaries[models.index(m)]) for m in group],
                     "--names", *[m.display for m in group], "-o", str(folder),
@@ -275,6 +281,10 @@ class Finish:
             sections += seed_section(models, spreads, pairs) + [""]
             columns = seed_csv_columns(spreads)
         sections += statistics_section(pairs, outputs, bool(self.settings.seeds)) + [""]
+        sections += cost_report.report_sections(models, costs, matched, outputs, bool(self.settings.seeds),
+                                                self.settings.device) + [""]
+        columns = {**(columns or {}), **cost_report.csv_columns(models, costs, matched)}
+        self.steps.record.note("costs", cost_report.costs_record(costs, matched))
         rows = es_rows(diagnosed)
         sections += es_section(pairs, rows)
         files = compose_tables(self.config, self.steps.record.data, outputs, incomplete, self.config.output,
@@ -309,7 +319,8 @@ class Finish:
         runs = self.training.runs()
         kind = self.config.target.kind
         curves = output / "training_curves.png"
-        plot_training_curves({m.display: [r.folder for r in runs if r.trainer == m.trainer_for(kind)] for m in models},
+        plot_training_curves({m.display: [r.folder for r in runs if (r.trainer, r.model.plans) == (m.trainer_for(kind),
+                                                                                             m.plans)] for m in models},
                              curves, caveat)
         first_seed = self.settings.run_seeds[0]
         if first_seed is not None:  # the figure shows one seed's predictions: its title says which

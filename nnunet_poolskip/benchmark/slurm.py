@@ -90,12 +90,13 @@ def emit_slurm(config, folder: os.PathLike, benchmark_argv: Sequence[str],
     for index, (model, trainer, fold, seed) in enumerate(runs):
         seeded = "" if seed is None else (f"; SEED={seed}; RESULTS="
                                           f"{shlex.quote(str(config.workspace.results_for_seed(seed)))}")
-        cases.append(f"  {index}) MODEL={model.name}; TRAINER={trainer}; FOLD={fold}{seeded} ;;")
-    placeholders = {"$FOLD", "$TRAINER"}
+        cases.append(f"  {index}) MODEL={model.name}; TRAINER={trainer}; "
+                     f"PLANS={shlex.quote(config.plans_for(model))}; FOLD={fold}{seeded} ;;")
+    placeholders = {"$FOLD", "$TRAINER", "$PLANS"}
     train_line = " ".join(f'"{t}"' if t in placeholders else shlex.quote(t) for t in train_command(
-        "nnUNetv2_train", config.target.dataset_id, "$FOLD", "$TRAINER", config.plans, settings.device,
+        "nnUNetv2_train", config.target.dataset_id, "$FOLD", "$TRAINER", "$PLANS", settings.device,
         settings.num_gpus))
-    model_dir = f'"$RESULTS"/Dataset{config.target.dataset_id:03d}_*/"$TRAINER"__{config.plans}__{CONFIGURATION}'
+    model_dir = f'"$RESULTS"/Dataset{config.target.dataset_id:03d}_*/"$TRAINER"__"$PLANS"__{CONFIGURATION}'
     array = [f"--array=0-{len(runs) - 1}", KILL_ON_INVALID_DEPENDENCY]
     train = _header("poolskip-train", logs, sbatch_options, gpu_lines + array, array=True) + [
         "set -euo pipefail", f"source {shlex.quote(str(folder / 'env.sh'))}", *_exports(train_only),
