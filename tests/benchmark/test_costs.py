@@ -247,3 +247,23 @@ def test_trainer_resource_record_keeps_the_larger_peak_unless_fresh(tmp_path):
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     assert fresh["peak_rss_mib"] == pytest.approx(own, abs=64) and fresh["device"] == "cpu"
     assert fresh["peak_cuda_allocated_mib"] is None
+
+
+def test_slurm_tasks_of_resenc_models_use_their_own_plans(tmp_path):
+    import re
+    import subprocess
+
+    from nnunet_poolskip.cli import main
+
+    folder = tmp_path / "slurm"
+    assert main(["benchmark", "--profile", "demo", "--models", "nnunet,nnunet_resenc_m,nnunet_resenc_m_poolskip",
+                 "--folds", "0", "--work", str(tmp_path / "work"), "--output", str(tmp_path / "results"),
+                 "--emit", "slurm", str(folder)]) == 0
+    script = (folder / "train.sbatch").read_text()
+    assert subprocess.run(["bash", "-n", str(folder / "train.sbatch")]).returncode == 0
+    tasks = re.findall(r"^\s*(\d+)\) MODEL=(\w+); TRAINER=(\w+); FOLD=(\d+)(?:; PLANS=(\w+))? ;;$", script, re.M)
+    assert tasks == [("0", "nnunet", "nnUNetTrainerBaseline", "0", ""),
+                     ("1", "nnunet_resenc_m", "nnUNetTrainerBaseline", "0", "nnUNetResEncUNetMPlansDemo"),
+                     ("2", "nnunet_resenc_m_poolskip", "nnUNetTrainerPoolSkip", "0", "nnUNetResEncUNetMPlansDemo")]
+    assert "PLANS=nnUNetPlansDemo  #" in script and '-p "$PLANS"' in script
+    assert '"$TRAINER"__"$PLANS"__3d_fullres' in script
