@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, List
+from typing import Any, List
 
 from nnunet_poolskip.benchmark.config import BenchmarkError
 from nnunet_poolskip.benchmark.protocol import CONFIGURATION, DEFAULT_PLANS
 from nnunet_poolskip.benchmark.steps import StepFailed
-from nnunet_poolskip.benchmark.workspace import case_ids, executable
-
-if TYPE_CHECKING:
-    from nnunet_poolskip.benchmark.prepare import Preparation
+from nnunet_poolskip.benchmark.workspace import executable
 
 FINGERPRINT_KEYS = ("original_median_spacing_after_transp", "original_median_shape_after_transp")
 """Plans fields that nnU-Net copies from the data set fingerprint: plans of one data set agree on them."""
@@ -42,18 +39,14 @@ def _who(models: List[str], plans: str) -> str:
     return f"model(s) {', '.join(models)} (plans {plans})"
 
 
-def data_complete(prep: "Preparation", plans_file: Path) -> bool:
+def data_complete(prep: Any, plans_file: Path) -> bool:
     """True when every train+val case is preprocessed in the 3d_fullres data folder ``plans_file`` names."""
-    from nnunet_poolskip.benchmark.prepare import file_ending
-
     plans = json.loads(plans_file.read_text())
     data_folder = plans_file.parent / plans["configurations"][CONFIGURATION]["data_identifier"]
-    raw = prep.config.raw_folder()
-    return data_folder.is_dir() and all((data_folder / f"{c}.pkl").is_file()
-                                        for c in case_ids(raw / "imagesTr", file_ending(raw)))
+    return data_folder.is_dir() and all((data_folder / f"{c}.pkl").is_file() for c in prep.train_val_cases())
 
 
-def check_planned(prep: "Preparation", plans_file: Path, planner: str, models: List[str]) -> None:
+def check_planned(prep: Any, plans_file: Path, planner: str, models: List[str]) -> None:
     """Refuse plans written by another planner or from another fingerprint than the default plans (see the module
     docstring)."""
     plans_name = plans_file.stem
@@ -74,7 +67,7 @@ def check_planned(prep: "Preparation", plans_file: Path, planner: str, models: L
             f"so that it is planned again for this data set")
 
 
-def ensure_planned(prep: "Preparation", plans_name: str, planner: str, models: List[str]) -> Path:
+def ensure_planned(prep: Any, plans_name: str, planner: str, models: List[str]) -> Path:
     """Make ``<nnUNet_preprocessed>/<dataset>/<plans_name>.json`` with ``planner`` unless it exists (then check it),
     and its 3d_fullres data unless they exist. Returns the plans file.
 
@@ -111,7 +104,7 @@ def ensure_planned(prep: "Preparation", plans_name: str, planner: str, models: L
     return plans_file
 
 
-def ensure_derived(prep: "Preparation", source_plans: str) -> Path:
+def ensure_derived(prep: Any, source_plans: str) -> Path:
     """The plans this run trains with for ``source_plans``: with a preset, ``<source_plans><suffix>.json`` made by
     ``derive-plans`` (again when the source plans are newer; refused when it differs from what the preset derives
     now); without one, the source plans themselves. Returns the plans file."""

@@ -153,6 +153,11 @@ class Preparation:
                                        "n_train_val": len(case_ids(raw / "imagesTr", ending))})
         record.save()
 
+    def train_val_cases(self) -> List[str]:
+        """The converted data set's train+val case ids (imagesTr)."""
+        raw = self.config.raw_folder()
+        return case_ids(raw / "imagesTr", file_ending(raw))
+
     def preprocessed_folder(self) -> Path:
         return self.ws.preprocessed / self.config.dataset_name()
 
