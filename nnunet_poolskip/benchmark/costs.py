@@ -263,7 +263,8 @@ def matched_section(matched: Sequence[Tuple[Model, Model, float]], models: Seque
                              f"({costs[m.name].gflops_per_patch / own - 1:+.0%})" for m in others) if own else ""
             lines.append(f"**{model.display}** ({own:,.2f} GFLOPs / patch): no control in this run within "
                          f"+-{COMPUTE_MATCH_TOLERANCE:.0%}" + (f" (others: {near})" if near else "")
-                         + ". Add a ResEnc baseline of matching size (`--models nnunet_resenc_m,...`) to have one.")
+                         + ". To have one, add a plain network of about its compute to --models (nnU-Net's ResEnc "
+                           "presets nnunet_resenc_m, nnunet_resenc_l; the conv-skip ablation ablation_conv_skip).")
             continue
         lines.append(f"**{model.display}** ({own:,.2f} GFLOPs / patch): matched by "
                      + ", ".join(f"{c.display} ({costs[c.name].gflops_per_patch:,.2f}, {d:+.1%})" for c, d in found)
