@@ -37,10 +37,11 @@ class nnUNetTrainerBaseline(nnUNetTrainer):
     records the weight diagnostics (l2/l1, Hoyer sparsity, near-zero weights; no data) into
     ``<fold folder>/diagnostics_history.jsonl`` every 50 epochs (see
     :mod:`nnunet_poolskip.diagnostics.history`; ``NNUNET_POOLSKIP_DIAG_EVERY=N`` changes N, 0 turns it
-    off). It exists so that a baseline and its Pool Skip counterpart share every setting, including a
-    short schedule, a thread count and an unmirrored final validation (see
-    :mod:`nnunet_poolskip.training.schedule`), and so that the baseline's diagnostics can be compared layer by
-    layer with the Pool Skip model's.
+    off), and the training process's peak memory into ``<fold folder>/nnunet_poolskip_resources.json`` at the
+    start and after every epoch (:mod:`nnunet_poolskip.training.resources`). It exists so that a baseline and
+    its Pool Skip counterpart share every setting, including a short schedule, a thread count and an unmirrored
+    final validation (see :mod:`nnunet_poolskip.training.schedule`), and so that the baseline's diagnostics can be
+    compared layer by layer with the Pool Skip model's.
 
     With ``NNUNET_POOLSKIP_SEED=S`` set, the run is seeded (unset: not seeded, as nnU-Net): Python's ``random``,
     NumPy's global generator and torch get S at start-up, before nnU-Net builds the network and its data

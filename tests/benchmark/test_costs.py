@@ -267,3 +267,22 @@ def test_slurm_tasks_of_resenc_models_use_their_own_plans(tmp_path):
                      ("2", "nnunet_resenc_m_poolskip", "nnUNetTrainerPoolSkip", "0", "nnUNetResEncUNetMPlansDemo")]
     assert "PLANS=nnUNetPlansDemo  #" in script and '-p "$PLANS"' in script
     assert '"$TRAINER"__"$PLANS"__3d_fullres' in script
+
+
+def test_a_failed_planning_names_the_models_and_plans(tmp_path):
+    from nnunet_poolskip.benchmark.model_plans import ensure_planned
+    from nnunet_poolskip.benchmark.steps import StepFailed
+
+    class FailingSteps:
+        record = SimpleNamespace(step=lambda step_id: {})
+
+        def run(self, step_id, title, argv, purpose="other"):
+            assert argv[1:] == ["-d", "17", "-pl", "nnUNetPlannerResEncM"] and step_id == "plan/nnUNetResEncUNetMPlans"
+            raise StepFailed(f"{step_id} failed (exit code 1); see logs/plan.log")
+
+    prep = SimpleNamespace(preprocessed_folder=lambda: tmp_path, steps=FailingSteps(),
+                           config=SimpleNamespace(target=SimpleNamespace(dataset_id=17)))
+    with pytest.raises(BenchmarkError, match=r"planning model\(s\) nnunet_resenc_m, nnunet_resenc_m_poolskip \(plans "
+                                             r"nnUNetResEncUNetMPlans\) with nnUNetPlannerResEncM failed: .*logs/plan"):
+        ensure_planned(prep, "nnUNetResEncUNetMPlans", "nnUNetPlannerResEncM",
+                       ["nnunet_resenc_m", "nnunet_resenc_m_poolskip"])
