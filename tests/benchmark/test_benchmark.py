@@ -849,8 +849,10 @@ def test_resenc_baseline_beside_nnunet_plans_once_costs_in_the_table_and_foreign
     for name, display in (("nnunet", "nnU-Net"), ("nnunet_resenc_m", "nnU-Net ResEnc M")):
         weights = torch.load(folders[name] / "fold_0" / "checkpoint_final.pth", map_location="cpu",
                              weights_only=False)["network_weights"]
-        parameters = sum(v.numel() for k, v in weights.items() if not k.endswith(("running_mean", "running_var",
-                                                                                      "num_batches_tracked")))
+        # the state dict names shared tensors several times (decoder.encoder is the encoder; a conv block holds its
+        # conv as .conv and in .all_modules); torch.load keeps them shared: count each storage once
+        parameters = sum({(v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape)): v.numel()
+                          for v in weights.values()}.values())
         assert int(rows[display]["parameters"]) == parameters == costs[name]["parameters"]
         assert float(rows[display]["gflops_per_patch"]) > 0
         epochs = read_epochs(folders[name] / "fold_0")
