@@ -391,8 +391,9 @@ def test_slurm_scripts_for_amos_on_gpus(tmp_path):
     assert [int(i) for i, *_ in tasks] == list(range(20))
     assert "#SBATCH --array=0-19" in train and "#SBATCH --gres=gpu:2" in train
     assert "#SBATCH --partition=gpu" in train and "#SBATCH --time=48:00:00" in train
-    assert re.search(r'^nnUNetv2_train 218 3d_fullres "\$FOLD" -tr "\$TRAINER" -p nnUNetPlans -device cuda '
+    assert re.search(r'^nnUNetv2_train 218 3d_fullres "\$FOLD" -tr "\$TRAINER" -p "\$PLANS" -device cuda '
                      r'-num_gpus 2 ', train, re.M)
+    assert re.search(r"^PLANS=nnUNetPlans  #", train, re.M)  # models with their own plans set theirs per task
     env_sh = (folder / "env.sh").read_text()
     assert "unset NNUNET_POOLSKIP_EPOCHS" in env_sh and "NNUNET_POOLSKIP_EPOCHS=" not in train
     assert f"export nnUNet_results={tmp_path / 'work' / 'nnUNet_results'}" in env_sh
