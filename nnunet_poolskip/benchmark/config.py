@@ -87,12 +87,21 @@ class BenchmarkConfig:
 
     @property
     def plans(self) -> str:
-        """The plans identifier the models are trained with."""
+        """The plans identifier of the models on nnU-Net's default plans (see :meth:`plans_for`)."""
+        return self.derived_identifier(DEFAULT_PLANS)
+
+    def derived_identifier(self, source_plans: str) -> str:
+        """``source_plans`` with the plans preset's suffix (the plans derive-plans writes), or itself without a
+        preset."""
         if self.settings.plans_preset is None:
-            return DEFAULT_PLANS
+            return source_plans
         from nnunet_poolskip.training.derived_plans import load_preset
 
-        return DEFAULT_PLANS + load_preset(self.settings.plans_preset)["plans_suffix"]
+        return source_plans + load_preset(self.settings.plans_preset)["plans_suffix"]
+
+    def plans_for(self, model: Model) -> str:
+        """The plans identifier ``model`` trains and predicts with (its own plans, derived by the preset)."""
+        return self.derived_identifier(model.plans)
 
     @property
     def synthetic(self) -> bool:

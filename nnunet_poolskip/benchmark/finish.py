@@ -115,7 +115,7 @@ class Finish:
     def model_folder(self, model: Model, seed: Optional[int]) -> Path:
         """nnU-Net's folder of the model's runs with ``seed`` (None: the unseeded runs)."""
         return model_folder(self.ws.results_for_seed(seed), self.config.dataset_name(),
-                            model.trainer_for(self.config.target.kind), self.config.plans,
+                            model.trainer_for(self.config.target.kind), self.config.plans_for(model),
                             self.config.configuration)
 
     def predictions_folder(self, model: Model, seed: Optional[int] = None) -> Path:
@@ -153,8 +153,8 @@ class Finish:
             shutil.rmtree(out)
         argv = [executable("nnunet-poolskip"), "predict", "-i", str(raw / "imagesTs"), "-o", str(out),
                 "-d", str(self.config.target.dataset_id), "-c", self.config.configuration, "-tr", trainer,
-                "-p", self.config.plans, "-f", *map(str, self.settings.folds), "--device", self.settings.device,
-                "--continue"]
+                "-p", self.config.plans_for(model), "-f", *map(str, self.settings.folds),
+                "--device", self.settings.device, "--continue"]
         if not self.settings.test_time_mirroring:
             argv.append("--disable-tta")
         self.steps.run(step, f"predict {len(tests)} test cases with {model.name} (softmax average of folds "
@@ -284,6 +284,7 @@ class Finish:
         is also printed; the cross-validation of ``--protocol both`` goes to ``cv/``). ``appended``: Markdown lines
         added at the end of table.md (the cross-validation section of ``--protocol both``). Returns the table
         section of table.md (from its table heading on), for appending to another report."""
+        from nnunet_poolskip.benchmark import costs as cost_report
         from nnunet_poolskip.benchmark.cv_report import (
             cv_wording,
             fold_mean_columns,
@@ -303,7 +304,12 @@ class Finish:
         compare_root = self.config.output / ("compare" if protocol == "test" else f"{CV_FOLDER}/compare")
         caveat = figure_caveat(self.config)
         outputs = {}
-        for group_name, group in comparison_groups(models).items():
+        costs = cost_report.measure(self, models)
+        matched = cost_report.compute_matched(models, costs)  # controls of matched compute: compared as pairs too
+        groups = comparison_groups(models)
+        groups.update({cost_report.matched_group_name(control, model): [control, model]
+                       for control, model, _ in matched})
+        for group_name, group in groups.items():
             group_folder = compare_root / group_name
             # with --seeds, every seed's own summary under its model's name: compare's headline statistics are then
             # the across-seeds test (retraining and case sampling), not a test on seed-averaged cases
@@ -333,7 +339,11 @@ class Finish:
             evidence += seed_section(models, spreads, pairs) + [""]
             columns = {**(columns or {}), **seed_csv_columns(spreads)}
         evidence += statistics_section(pairs, outputs, bool(self.settings.seeds)) + [""]
+        evidence += cost_report.report_sections(models, costs, matched, outputs, bool(self.settings.seeds),
+                                                self.settings.device) + [""]
         sections += evidence if protocol == "test" else cv_wording(evidence)
+        columns = {**(columns or {}), **cost_report.csv_columns(models, costs, matched)}
+        self.steps.record.note("costs", cost_report.costs_record(costs, matched))
         rows = es_rows(diagnosed)
         if main:  # the elimination-singularity evidence is the same for both protocols: once, in the main report
             sections += es_section(pairs, rows)
@@ -389,7 +399,8 @@ class Finish:
             runs = self.training.runs()
             kind = self.config.target.kind
             written["training_curves"] = output / "training_curves.png"
-            plot_training_curves({m.display: [r.folder for r in runs if r.trainer == m.trainer_for(kind)]
+            plot_training_curves({m.display: [r.folder for r in runs
+                                              if (r.trainer, r.model.plans) == (m.trainer_for(kind), m.plans)]
                                   for m in models}, written["training_curves"], caveat)
         first_seed = self.settings.run_seeds[0]
         if first_seed is not None:  # the figure shows one seed's predictions: its title says which

@@ -7,13 +7,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from nnunet_poolskip.benchmark.config import BenchmarkConfig, BenchmarkError
 from nnunet_poolskip.benchmark.protocol import DATASET_KINDS, DEFAULT_PLANS
 from nnunet_poolskip.benchmark.runinfo import file_sha256, plans_summary
 from nnunet_poolskip.benchmark.steps import Steps
 from nnunet_poolskip.benchmark.workspace import case_ids, executable
+
+
+def planners_needed(models) -> List[Tuple[str, str, List[str]]]:
+    """(plans identifier, planner class, model names) of every plans identifier of ``models`` other than nnU-Net's
+    default plans, in the order the models name them."""
+    found: Dict[Tuple[str, str], List[str]] = {}
+    for model in models:
+        if model.plans != DEFAULT_PLANS:
+            found.setdefault((model.plans, model.planner), []).append(model.name)
+    return [(plans, planner, names) for (plans, planner), names in found.items()]
 
 
 def file_ending(raw_folder: Path) -> str:
@@ -33,6 +43,7 @@ class Preparation:
     def run(self) -> None:
         self.ensure_raw_dataset()
         self.ensure_preprocessed()
+        self.ensure_model_plans()
         self.ensure_derived_plans()
 
     def ensure_raw_dataset(self) -> None:
@@ -154,6 +165,11 @@ class Preparation:
                                        "n_train_val": len(case_ids(raw / "imagesTr", file_ending(raw)))})
         record.save()
 
+    def train_val_cases(self) -> List[str]:
+        """The converted data set's train+val case ids (imagesTr)."""
+        raw = self.config.raw_folder()
+        return case_ids(raw / "imagesTr", file_ending(raw))
+
     def preprocessed_folder(self) -> Path:
         return self.ws.preprocessed / self.config.dataset_name()
 
@@ -186,20 +202,35 @@ class Preparation:
                 argv += ["-np", n, "-npfp", n]
             self.steps.run(step, "nnUNetv2_plan_and_preprocess (fingerprint, plans, preprocessing)", argv, "plan")
 
+    def ensure_model_plans(self) -> None:
+        """Plan (and, where its data differ, preprocess) every plans identifier of the chosen models that nnU-Net's
+        default planner does not write (the ResEnc presets), once; see :mod:`nnunet_poolskip.benchmark.model_plans`."""
+        from nnunet_poolskip.benchmark.model_plans import ensure_planned
+
+        for source, planner, models in planners_needed(self.config.models):
+            ensure_planned(self, source, planner, models)
+
     def ensure_derived_plans(self) -> None:
-        plans = self.config.plans
-        folder = self.preprocessed_folder()
-        target = folder / f"{plans}.json"
-        if self.settings.plans_preset is not None:
-            source = folder / f"{DEFAULT_PLANS}.json"
-            if target.is_file() and target.stat().st_mtime >= source.stat().st_mtime:
-                self.steps.skip("derive_plans", f"derive {plans}", "exists")
+        """Derive every plans identifier the chosen models need with the preset (when there is one)."""
+        from nnunet_poolskip.benchmark.model_plans import ensure_derived
+
+        sources = [DEFAULT_PLANS] + [source for source, _, _ in planners_needed(self.config.models)]
+        for source in sources:
+            if source == DEFAULT_PLANS:
+                self._ensure_default_derived_plans()
             else:
-                argv = [executable("nnunet-poolskip"), "derive-plans", "-d", str(self.config.target.dataset_id),
-                        "--preset", self.settings.plans_preset]
-                self.steps.run("derive_plans", f"derive plans {plans} (preset {self.settings.plans_preset})", argv)
-        if not target.is_file():
-            raise BenchmarkError(f"plans {target} not found")
+                ensure_derived(self, source)
+        own = {self.config.plans_for(m): m.plans for m in self.config.models if m.plans != DEFAULT_PLANS}
+        if own:
+            folder = self.preprocessed_folder()
+            self.steps.record.note("model_plans", {identifier: plans_summary(folder / f"{identifier}.json",
+                                                                             self.config.configuration)
+                                                   for identifier in sorted(own)})
+
+    def _ensure_default_derived_plans(self) -> None:
+        from nnunet_poolskip.benchmark.model_plans import ensure_derived
+
+        target = ensure_derived(self, DEFAULT_PLANS)
         configurations = json.loads(target.read_text())["configurations"]
         if self.config.configuration not in configurations:
             # nnU-Net plans 3d_lowres only when the full-resolution images are much larger than the patch

@@ -33,6 +33,12 @@ VNET_TRAINER_PREFIX = "nnUNetTrainerVNet"
 DEFAULT_PLANS = "nnUNetPlans"
 """nnU-Net's default plans identifier (what ``nnUNetv2_plan_and_preprocess`` writes)."""
 
+RESENC_PLANS: Dict[str, Tuple[str, str]] = {
+    "M": ("nnUNetResEncUNetMPlans", "nnUNetPlannerResEncM"),
+    "L": ("nnUNetResEncUNetLPlans", "nnUNetPlannerResEncL"),
+}
+"""nnU-Net's residual-encoder presets: size -> (plans identifier, experiment planner class) as nnU-Net names them."""
+
 PAPER_FOLDS: Tuple[int, ...] = (0, 1, 2, 3, 4)
 """5-fold cross-validation on train+val; the test set is predicted by the softmax average of all five."""
 
@@ -50,6 +56,9 @@ class Model:
         trainer: nnU-Net trainer class name.
         trainer_amos: trainer class name used instead on AMOS (None: same as ``trainer``).
         base: the model this one is compared against in the paper (its row without Pool Skip).
+        plans: the nnU-Net plans identifier the model trains with (a plans preset appends its suffix).
+        planner: the nnU-Net experiment planner that writes ``plans`` (``nnUNetv2_plan_experiment -pl``); None:
+            nnU-Net's default planner, run by ``nnUNetv2_plan_and_preprocess``.
     """
 
     name: str
@@ -57,6 +66,8 @@ class Model:
     trainer: str
     trainer_amos: Optional[str] = None
     base: Optional[str] = None
+    plans: str = DEFAULT_PLANS
+    planner: Optional[str] = None
 
     def trainer_for(self, dataset_kind: str) -> str:
         """The trainer class name for a data set kind (``btcv``, ``amos`` or ``custom``)."""
@@ -81,7 +92,32 @@ MODELS: Dict[str, Model] = {m.name: m for m in (
     Model("ablation_conv_skip", "nnU-Net + conv skip only", "nnUNetTrainerAblationConvSkip", base="nnunet"),
     Model("ablation_pool_conv", "nnU-Net + pool-conv, no skip", "nnUNetTrainerAblationPoolConv", base="nnunet"),
     Model("vnet_poolskip_all", "V-Net + Pool Skip (all stages)", "nnUNetTrainerVNetPoolSkipAll", base="vnet"),
+    # nnU-Net's residual-encoder presets (nnU-Net Revisited): baselines of matched compute, and Pool Skip on them
+    Model("nnunet_resenc_m", "nnU-Net ResEnc M", "nnUNetTrainerBaseline", plans=RESENC_PLANS["M"][0],
+          planner=RESENC_PLANS["M"][1]),
+    Model("nnunet_resenc_l", "nnU-Net ResEnc L", "nnUNetTrainerBaseline", plans=RESENC_PLANS["L"][0],
+          planner=RESENC_PLANS["L"][1]),
+    Model("nnunet_resenc_m_poolskip", "nnU-Net ResEnc M + Pool Skip", "nnUNetTrainerPoolSkip",
+          trainer_amos="nnUNetTrainerPoolSkipAMOS", base="nnunet_resenc_m", plans=RESENC_PLANS["M"][0],
+          planner=RESENC_PLANS["M"][1]),
+    Model("nnunet_resenc_l_poolskip", "nnU-Net ResEnc L + Pool Skip", "nnUNetTrainerPoolSkip",
+          trainer_amos="nnUNetTrainerPoolSkipAMOS", base="nnunet_resenc_l", plans=RESENC_PLANS["L"][0],
+          planner=RESENC_PLANS["L"][1]),
 )}
+
+CONV_SKIP_CONTROL = "nnUNetTrainerAblationConvSkip"
+"""The paper's conv-skip ablation: a control of matched compute for Pool Skip, not a Pool Skip model."""
+
+
+def is_pool_skip_model(model: Model) -> bool:
+    """True for a model compared against a baseline (it has ``base``) other than the conv-skip control."""
+    return model.base is not None and model.trainer != CONV_SKIP_CONTROL
+
+
+def is_compute_control(model: Model) -> bool:
+    """True for a model that can serve as a control of matched compute: a baseline (no ``base``) or the conv-skip
+    ablation."""
+    return model.base is None or model.trainer == CONV_SKIP_CONTROL
 
 
 @dataclass(frozen=True)

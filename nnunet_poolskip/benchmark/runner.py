@@ -220,7 +220,7 @@ class BenchmarkRunner:
                         "raw_source": str(self.config.raw_source) if self.config.raw_source else None,
                         "split_file": str(self.config.split_file) if self.config.split_file else None},
             "paths": {"output": str(self.config.output), **self.ws.variables()},
-            "models": {m.name: {"display": m.display, "trainer": t, "base": m.base}
+            "models": {m.name: {"display": m.display, "trainer": t, "base": m.base, "plans": self.config.plans_for(m)}
                        for m, t in zip(self.config.models, self.config.trainers().values())},
             "baseline_note": "nnunet = nnUNetTrainerBaseline: nnUNetTrainer unchanged plus the NNUNET_POOLSKIP_* "
                              "short-schedule variables (removed from every step's environment unless the profile "

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Sequence
 
+from nnunet_poolskip.benchmark.protocol import DEFAULT_PLANS
 from nnunet_poolskip.benchmark.training_runs import NNUNET_SCHEDULE, planned_runs, train_command
 from nnunet_poolskip.benchmark.workspace import RUN_VARIABLES, step_environment
 from nnunet_poolskip.training.schedule import SEED_VARIABLE
@@ -89,16 +90,18 @@ def emit_slurm(config, folder: os.PathLike, benchmark_argv: Sequence[str],
     for index, (model, trainer, fold, seed) in enumerate(runs):
         seeded = "" if seed is None else (f"; SEED={seed}; RESULTS="
                                           f"{shlex.quote(str(config.workspace.results_for_seed(seed)))}")
-        cases.append(f"  {index}) MODEL={model.name}; TRAINER={trainer}; FOLD={fold}{seeded} ;;")
-    placeholders = {"$FOLD", "$TRAINER"}
+        own_plans = "" if model.plans == DEFAULT_PLANS else f"; PLANS={shlex.quote(config.plans_for(model))}"
+        cases.append(f"  {index}) MODEL={model.name}; TRAINER={trainer}; FOLD={fold}{seeded}{own_plans} ;;")
+    placeholders = {"$FOLD", "$TRAINER", "$PLANS"}
     train_line = " ".join(f'"{t}"' if t in placeholders else shlex.quote(t) for t in train_command(
-        "nnUNetv2_train", config.target.dataset_id, "$FOLD", "$TRAINER", config.plans, settings.device,
+        "nnUNetv2_train", config.target.dataset_id, "$FOLD", "$TRAINER", "$PLANS", settings.device,
         settings.num_gpus, configuration=config.configuration))
-    model_dir = f'"$RESULTS"/Dataset{config.target.dataset_id:03d}_*/"$TRAINER"__{config.plans}__{config.configuration}'
+    model_dir = f'"$RESULTS"/Dataset{config.target.dataset_id:03d}_*/"$TRAINER"__"$PLANS"__{config.configuration}'
     array = [f"--array=0-{len(runs) - 1}", KILL_ON_INVALID_DEPENDENCY]
     train = _header("poolskip-train", logs, sbatch_options, gpu_lines + array, array=True) + [
         "set -euo pipefail", f"source {shlex.quote(str(folder / 'env.sh'))}", *_exports(train_only),
         f"SEED=; RESULTS={shlex.quote(str(config.workspace.results))}  # the unseeded run's defaults",
+        f"PLANS={shlex.quote(config.plans)}  # models with their own plans (ResEnc) set theirs below",
         'case "$SLURM_ARRAY_TASK_ID" in', *cases,
         '  *) echo "no benchmark run for array task $SLURM_ARRAY_TASK_ID" >&2; exit 1 ;;', "esac",
         "# a seed's runs live in their own nnUNet_results (nnU-Net's folder names inside stay untouched)",

@@ -48,7 +48,7 @@ class Training:
         # before conversion the name is unknown; no fold folder can exist yet, so every run is new
         name = folder.name if folder is not None else f"Dataset{self.config.target.dataset_id:03d}_(not converted)"
         return [TrainingRun(model, trainer, fold,
-                            model_folder(self.ws.results_for_seed(seed), name, trainer, self.config.plans,
+                            model_folder(self.ws.results_for_seed(seed), name, trainer, self.config.plans_for(model),
                                          self.config.configuration)
                             / f"fold_{fold}", seed)
                 for model, trainer, fold, seed in planned_runs(self.config.models, self.config.target.kind,
@@ -66,7 +66,8 @@ class Training:
         say = self.steps.say
         seeds = f" x {len(s.seeds)} seeds {' '.join(map(str, s.seeds))}" if s.seeds else ", unseeded"
         say(f"training: {len(runs)} runs ({len(self.config.models)} models x {len(s.folds)} folds "
-            f"{' '.join(map(str, s.folds))}{seeds}), {schedule}, plans {self.config.plans}, device {s.device}"
+            f"{' '.join(map(str, s.folds))}{seeds}), {schedule}, plans "
+            f"{', '.join(sorted({self.config.plans_for(m) for m in self.config.models}))}, device {s.device}"
             + (f", {s.num_gpus} GPUs (DDP)" if s.num_gpus > 1 else "")
             + f"; to do: {len(pending)} runs, {len(pending) * self.epochs()} epochs")
         for run in runs:
@@ -153,8 +154,8 @@ class Training:
 
     def _start(self, run: TrainingRun, state: FoldState) -> Tuple[RunningStep, Optional["_EpochWatcher"]]:
         argv = train_command(executable("nnUNetv2_train"), self.config.target.dataset_id, run.fold,
-                             run.trainer, self.config.plans, self.settings.device, self.settings.num_gpus, state,
-                             self.config.configuration)
+                             run.trainer, self.config.plans_for(run.model), self.settings.device,
+                             self.settings.num_gpus, state, self.config.configuration)
         what = {FoldState.NEW: "", FoldState.RESUME: " [continuing from its checkpoint: --c]",
                 FoldState.VALIDATE: " [trained; running the unfinished final validation: --val]"}[state]
         self.pending.remove(run)

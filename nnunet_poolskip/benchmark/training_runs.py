@@ -20,7 +20,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from nnunet_poolskip.benchmark.protocol import CONFIGURATION, Model
+from nnunet_poolskip.benchmark.protocol import CONFIGURATION, DEFAULT_PLANS, Model
 from nnunet_poolskip.benchmark.workspace import seed_folder_name
 
 FINAL_CHECKPOINT = "checkpoint_final.pth"
@@ -143,15 +143,15 @@ def train_command(train_executable: str, dataset_id: int, fold: Union[int, str],
 def planned_runs(models: Sequence[Model], dataset_kind: str, folds: Sequence[int],
                  seeds: Sequence[Optional[int]]) -> List[Tuple[Model, str, int, Optional[int]]]:
     """(model, trainer, fold, seed) of every training a benchmark makes, seed by seed (all models and folds of a
-    seed before the next seed), then model by model; a trainer shared by two models is trained once. The local
-    runner and the SLURM array use this one list."""
+    seed before the next seed), then model by model; a trainer shared by two models with the same plans is trained
+    once. The local runner and the SLURM array use this one list."""
     runs, seen = [], set()
     for seed in seeds:
         for model in models:
             trainer = model.trainer_for(dataset_kind)
             for fold in folds:
-                if (trainer, fold, seed) not in seen:
-                    seen.add((trainer, fold, seed))
+                if (trainer, model.plans, fold, seed) not in seen:
+                    seen.add((trainer, model.plans, fold, seed))
                     runs.append((model, trainer, fold, seed))
     return runs
 
@@ -168,9 +168,11 @@ class TrainingRun:
 
     @property
     def step_id(self) -> str:
+        # a model with its own plans (ResEnc) may share its trainer with another model: the plans tell them apart
+        who = self.trainer if self.model.plans == DEFAULT_PLANS else f"{self.trainer}__{self.model.plans}"
         if self.seed is None:
-            return f"train/{self.trainer}/fold_{self.fold}"
-        return f"train/{self.trainer}/{seed_folder_name(self.seed)}/fold_{self.fold}"
+            return f"train/{who}/fold_{self.fold}"
+        return f"train/{who}/{seed_folder_name(self.seed)}/fold_{self.fold}"
 
     @property
     def label(self) -> str:

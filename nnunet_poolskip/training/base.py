@@ -18,6 +18,7 @@ from nnunet_poolskip.diagnostics.history import (
     truncate_history,
     weight_record,
 )
+from nnunet_poolskip.training.resources import record_resources
 from nnunet_poolskip.training.schedule import (
     SEED_VARIABLE,
     THREADS_VARIABLE,
@@ -36,10 +37,11 @@ class nnUNetTrainerBaseline(nnUNetTrainer):
     records the weight diagnostics (l2/l1, Hoyer sparsity, near-zero weights; no data) into
     ``<fold folder>/diagnostics_history.jsonl`` every 50 epochs (see
     :mod:`nnunet_poolskip.diagnostics.history`; ``NNUNET_POOLSKIP_DIAG_EVERY=N`` changes N, 0 turns it
-    off). It exists so that a baseline and its Pool Skip counterpart share every setting, including a
-    short schedule, a thread count and an unmirrored final validation (see
-    :mod:`nnunet_poolskip.training.schedule`), and so that the baseline's diagnostics can be compared layer by
-    layer with the Pool Skip model's.
+    off), and the training process's peak memory into ``<fold folder>/nnunet_poolskip_resources.json`` at the
+    start and after every epoch (:mod:`nnunet_poolskip.training.resources`). It exists so that a baseline and
+    its Pool Skip counterpart share every setting, including a short schedule, a thread count and an unmirrored
+    final validation (see :mod:`nnunet_poolskip.training.schedule`), and so that the baseline's diagnostics can be
+    compared layer by layer with the Pool Skip model's.
 
     With ``NNUNET_POOLSKIP_SEED=S`` set, the run is seeded (unset: not seeded, as nnU-Net): Python's ``random``,
     NumPy's global generator and torch get S at start-up, before nnU-Net builds the network and its data
@@ -97,6 +99,7 @@ class nnUNetTrainerBaseline(nnUNetTrainer):
 
     def on_train_start(self):
         super().on_train_start()
+        self._record_resources(fresh=self.current_epoch == 0)
         if not self.diagnostics_every or self.local_rank != 0:
             return
         if self.current_epoch == 0:  # from scratch: a new history, starting with the initial weights
@@ -107,6 +110,7 @@ class nnUNetTrainerBaseline(nnUNetTrainer):
 
     def on_epoch_end(self):
         super().on_epoch_end()  # increments current_epoch: it now counts completed epochs
+        self._record_resources(fresh=False)
         if should_record(self.current_epoch, self.diagnostics_every, self.num_epochs):
             self._record_weight_diagnostics(self.current_epoch)
 
@@ -115,6 +119,15 @@ class nnUNetTrainerBaseline(nnUNetTrainer):
             return
         self._guarded(lambda: append_record(self.diagnostics_history_file, weight_record(
             self.network, completed_epochs, trainer=type(self).__name__)))
+
+    def _record_resources(self, fresh: bool) -> None:
+        """The process's peak memory so far into the fold folder (nnunet_poolskip.training.resources); rank 0."""
+        if self.local_rank != 0:
+            return
+        try:
+            record_resources(self.output_folder, self.device, fresh)
+        except OSError as error:  # a record must never end a training
+            self.print_to_log_file(f"nnunet-poolskip: could not record peak memory ({error})")
 
     def _guarded(self, function, *args) -> None:
         """Run a diagnostics step; log instead of raising, since diagnostics must never end a training."""

@@ -381,8 +381,9 @@ def test_slurm_scripts_for_amos_on_gpus(tmp_path):
     assert [int(i) for i, *_ in tasks] == list(range(20))
     assert "#SBATCH --array=0-19" in train and "#SBATCH --gres=gpu:2" in train
     assert "#SBATCH --partition=gpu" in train and "#SBATCH --time=48:00:00" in train
-    assert re.search(r'^nnUNetv2_train 218 3d_fullres "\$FOLD" -tr "\$TRAINER" -p nnUNetPlans -device cuda '
+    assert re.search(r'^nnUNetv2_train 218 3d_fullres "\$FOLD" -tr "\$TRAINER" -p "\$PLANS" -device cuda '
                      r'-num_gpus 2 ', train, re.M)
+    assert re.search(r"^PLANS=nnUNetPlans  #", train, re.M)  # models with their own plans set theirs per task
     env_sh = (folder / "env.sh").read_text()
     assert "unset NNUNET_POOLSKIP_EPOCHS" in env_sh and "NNUNET_POOLSKIP_EPOCHS=" not in train
     assert f"export nnUNet_results={tmp_path / 'work' / 'nnUNet_results'}" in env_sh
@@ -821,3 +822,81 @@ def test_benchmark_with_seeds_killed_in_the_second_seed_then_resumed(tmp_path):
         for kind in ("predict/nnunet", "evaluate/nnunet_poolskip", "diagnose/nnunet_poolskip"):
             step = steps[f"{kind}/seed_{seed}" + ("/fold_0" if kind.startswith("diagnose") else "")]
             assert len(step["attempts"]) == 1 and "skipped_last_invocation" in step, (kind, seed)
+
+
+@pytest.mark.integration
+def test_resenc_baseline_beside_nnunet_plans_once_costs_in_the_table_and_foreign_plans_refused(tmp_path):
+    """nnU-Net's ResEnc M preset (its own planner and plans, our baseline trainer) trains and predicts beside the
+    plain nnU-Net in one benchmark run; its plans are made once and reused on a rerun; the table and run.json carry
+    every model's cost; derived plans that differ from what the preset gives are refused, naming model and plans."""
+    split = write_split(tmp_path)
+    out = tmp_path / "results"
+    args = ["benchmark", "--profile", "demo", "--models", "nnunet,nnunet_resenc_m", "--folds", "0", "--cases", "8",
+            "--phantom-size", "32", "48", "48", "--epochs", "1", "--iterations", "2", "--val-iterations", "1",
+            "--preprocess-processes", "1", "--evaluate-processes", "2", "--plans-preset", "cpu_small",
+            "--parallel-trainings", "2", "--split-file", str(split), "--output", str(out)]
+    env = clean_env()
+    first = subprocess.run([str(BIN / "nnunet-poolskip"), *args], env=env, capture_output=True, text=True,
+                           timeout=1800)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    preprocessed = out / "nnunet" / "nnUNet_preprocessed" / "Dataset017_BTCV"
+    resenc_plans = json.loads((preprocessed / "nnUNetResEncUNetMPlans.json").read_text())
+    assert resenc_plans["experiment_planner_used"] == "nnUNetPlannerResEncM"
+    # the ResEnc planner reuses the default plans' preprocessed data: nothing preprocessed twice
+    assert resenc_plans["configurations"]["3d_fullres"]["data_identifier"] == "nnUNetPlans_3d_fullres"
+    derived = preprocessed / "nnUNetResEncUNetMPlansCPU.json"
+    arch = json.loads(derived.read_text())["configurations"]["3d_fullres"]["architecture"]
+    assert arch["network_class_name"].endswith("ResidualEncoderUNet")
+    results = out / "nnunet" / "nnUNet_results" / "Dataset017_BTCV"
+    folders = {"nnunet": results / "nnUNetTrainerBaseline__nnUNetPlansCPU__3d_fullres",
+               "nnunet_resenc_m": results / "nnUNetTrainerBaseline__nnUNetResEncUNetMPlansCPU__3d_fullres"}
+    for folder in folders.values():
+        assert fold_state(folder / "fold_0") == FoldState.DONE
+    record = json.loads((out / "run.json").read_text())
+    assert record["steps"]["plan/nnUNetResEncUNetMPlans"]["status"] == "done"
+    assert record["models"]["nnunet_resenc_m"]["plans"] == "nnUNetResEncUNetMPlansCPU"
+    assert sorted(p.name for p in (out / "predictions" / "nnunet_resenc_m").glob("*.nii.gz")) == [
+        "img0001.nii.gz", "img0002.nii.gz"]
+    # the cost columns against independent counts: parameters of the trained weights, the logged epoch times
+    with open(out / "table.csv", newline="") as handle:
+        rows = {r["model"]: r for r in csv.DictReader(handle)}
+    assert list(rows) == ["nnU-Net", "nnU-Net ResEnc M"]
+    costs = record["costs"]["models"]
+    for name, display in (("nnunet", "nnU-Net"), ("nnunet_resenc_m", "nnU-Net ResEnc M")):
+        weights = torch.load(folders[name] / "fold_0" / "checkpoint_final.pth", map_location="cpu",
+                             weights_only=False)["network_weights"]
+        # the state dict names shared tensors several times (decoder.encoder is the encoder; a conv block holds its
+        # conv as .conv and in .all_modules); torch.load keeps them shared: count each storage once
+        parameters = sum({(v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape)): v.numel()
+                          for v in weights.values()}.values())
+        assert int(rows[display]["parameters"]) == parameters == costs[name]["parameters"]
+        assert float(rows[display]["gflops_per_patch"]) > 0
+        epochs = read_epochs(folders[name] / "fold_0")
+        assert float(rows[display]["median_epoch_s"]) == pytest.approx(epochs[0].seconds, abs=1e-3)
+        assert float(rows[display]["training_h"]) == pytest.approx(epochs[0].seconds / 3600, abs=1e-5)
+        resources = json.loads((folders[name] / "fold_0" / "nnunet_poolskip_resources.json").read_text())
+        assert float(rows[display]["peak_memory_mib"]) == pytest.approx(resources["peak_rss_mib"], abs=0.1)
+        assert resources["peak_rss_mib"] > 50 and resources["device"] == "cpu"
+    table = (out / "table.md").read_text()
+    assert "## What each model costs" in table and "`nnUNetResEncUNetMPlansCPU`" in table
+
+    # a rerun: the plans are reused, not made again (and nothing is retrained)
+    stamps = {p.name: p.stat().st_mtime_ns for p in preprocessed.glob("*.json")}
+    rerun = subprocess.run([str(BIN / "nnunet-poolskip"), *args], env=env, capture_output=True, text=True,
+                           timeout=1800)
+    assert rerun.returncode == 0, rerun.stdout[-4000:] + rerun.stderr[-4000:]
+    assert {p.name: p.stat().st_mtime_ns for p in preprocessed.glob("*.json")} == stamps
+    record = json.loads((out / "run.json").read_text())
+    for step in ("plan/nnUNetResEncUNetMPlans", "derive_plans/nnUNetResEncUNetMPlans", "plan_and_preprocess"):
+        assert "skipped_last_invocation" in record["steps"][step], step
+    assert len(record["steps"]["plan/nnUNetResEncUNetMPlans"]["attempts"]) == 1
+
+    # derived plans that are not what this run's preset gives: refused before any work, naming model and plans
+    changed = json.loads(derived.read_text())
+    changed["configurations"]["3d_fullres"]["batch_size"] = 5
+    derived.write_text(json.dumps(changed))
+    refused = subprocess.run([str(BIN / "nnunet-poolskip"), *args, "--stage", "prepare"], env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2
+    assert "model(s) nnunet_resenc_m (plans nnUNetResEncUNetMPlansCPU)" in refused.stderr
+    assert "differs from what preset cpu_small derives" in refused.stderr
