@@ -63,20 +63,32 @@ def is_incomplete(summary: Mapping) -> bool:
     return summary.get("complete") is False or bool(summary.get("missing_predictions"))
 
 
-def check_comparable(summaries: Sequence[Mapping], paths: Sequence[str]) -> List[str]:
-    """Raise if the summaries score different labels or use different NSD tolerances; return notes on lesser
-    differences (different case sets)."""
+def check_comparable(summaries: Sequence[Mapping], paths: Sequence[str],
+                     match_labels_by_value: bool = False) -> List[str]:
+    """Raise if the summaries score different labels, name a label value differently (unless
+    ``match_labels_by_value``: the user says the values mean the same structures) or use different NSD tolerances;
+    return notes on lesser differences (different case sets, label names compared by value)."""
     first_labels, first_tol = set(summaries[0]["labels"]), summaries[0]["nsd_tolerance_mm"]
+    notes = []
     for summary, path in zip(summaries[1:], paths[1:]):
         if set(summary["labels"]) != first_labels:
             raise CompareInputError(f"{path} scores labels {sorted(summary['labels'], key=int)}, but {paths[0]} "
                                     f"scores {sorted(first_labels, key=int)}")
+        renamed = [k for k in sorted(first_labels, key=int) if summary["labels"][k] != summaries[0]["labels"][k]]
+        if renamed and not match_labels_by_value:  # the same value may mean another organ: never compare silently
+            raise CompareInputError(
+                "; ".join(f"label {k} is {summary['labels'][k]!r} in {path} but {summaries[0]['labels'][k]!r} in "
+                          f"{paths[0]}" for k in renamed)
+                + ": the summaries may score different structures under one value. Compare summaries of the same "
+                  "labels, or pass --match-labels-by-value if these names mean the same structures (the tables then "
+                  f"use {paths[0]}'s names)")
+        notes += [f"label {k} is {summary['labels'][k]!r} in {path}, {summaries[0]['labels'][k]!r} in {paths[0]}: "
+                  f"compared by value (--match-labels-by-value)" for k in renamed]
         differing = [k for k in first_tol if not math.isclose(summary["nsd_tolerance_mm"][k], first_tol[k])]
         if differing:
             raise CompareInputError(f"{path} and {paths[0]} use different NSD tolerances for labels {differing} "
                                     f"({[summary['nsd_tolerance_mm'][k] for k in differing]} vs "
                                     f"{[first_tol[k] for k in differing]} mm): their NSD is not comparable")
-    notes = []
     first_cases = [c["case"] for c in summaries[0]["per_case"]]
     for summary, path in zip(summaries[1:], paths[1:]):
         cases = [c["case"] for c in summary["per_case"]]
@@ -485,7 +497,7 @@ ONE_MODEL_OUTPUTS = ("statistics", "differences_plot")
 
 def compare_summaries(paths: Sequence[os.PathLike | str], names: Optional[Sequence[str]],
                       output_folder: os.PathLike | str, title: Optional[str] = None,
-                      caveat: Optional[str] = None) -> Dict[str, Path]:
+                      caveat: Optional[str] = None, match_labels_by_value: bool = False) -> Dict[str, Path]:
     """Write Table 3 (Markdown, CSV), the per-organ tables (Markdown, CSV), statistics.json and the two figures into
     ``output_folder``.
 
@@ -496,12 +508,14 @@ def compare_summaries(paths: Sequence[os.PathLike | str], names: Optional[Sequen
         title: optional data set name shown above the table (e.g. BTCV).
         caveat: optional text shown at the top of the Markdown tables and in every figure's title (e.g. that this
             is a smoke-scale run on synthetic data).
+        match_labels_by_value: compare summaries whose label names differ for the same value (the user says they
+            are the same structures); the tables use the first summary's names and a note lists the others.
     Returns:
         Output kind -> path (keys of ``OUTPUT_FILES``; statistics.json and differences.png only with two or more
         summaries).
     Raises:
         CompareInputError: unreadable summaries, a names/paths count mismatch, duplicate names, different
-            label sets or NSD tolerances.
+            label sets, label names or NSD tolerances.
     """
     paths = [str(p) for p in paths]
     if not paths:
@@ -514,7 +528,7 @@ def compare_summaries(paths: Sequence[os.PathLike | str], names: Optional[Sequen
     if len(set(names)) != len(names):
         raise CompareInputError(f"model names must differ, got {names} (use --names)")
     summaries = [load_summary(p) for p in paths]
-    extra_notes = check_comparable(summaries, paths)
+    extra_notes = check_comparable(summaries, paths, match_labels_by_value)
     statistics = comparison_statistics(summaries, names) if len(summaries) > 1 else None
     folder = Path(output_folder)
     folder.mkdir(parents=True, exist_ok=True)
