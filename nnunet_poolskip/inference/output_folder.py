@@ -159,7 +159,7 @@ class OutputFolder:
     def _would_write(self, cases: Sequence[str], file_ending: str, save_probabilities: bool) -> List[Path]:
         files = [self.record_file] + [self.path / name for name in SHARED_FILES]
         for case in cases:
-            files += case_outputs(self.path, case, file_ending, True)  # .npz/.pkl of an earlier run are replaced
+            files += case_outputs(self.path, case, file_ending, save_probabilities)
         return files
 
     def start(self, shared: Mapping[str, dict], device: str) -> None:

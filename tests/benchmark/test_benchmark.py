@@ -533,6 +533,15 @@ def test_case_counts_and_folds_are_checked_at_argument_time(tmp_path, capsys):
     capsys.readouterr()
     assert main([*base, "--folds", "0", "5", "--dry-run"]) == 2
     assert "--folds 5 does not exist: the split has 5 folds (0-4)" in capsys.readouterr().err
+    # AMOS phantoms (one in six MRI), split 1:2 per modality: the advice is again the smallest count that works
+    amos = [*base, "--dataset", "amos", "--dry-run"]
+    assert main([*amos, "--cases", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--cases 3 gives 1 test and 2 train+val cases (split file amos_split.json)" in err
+    advised = int(re.search(r"use --cases (\d+) or more", err)[1])
+    assert main([*amos, "--cases", str(advised - 1)]) == 2
+    assert main([*amos, "--cases", str(advised)]) == 0
+    capsys.readouterr()
     # a split file of the scaled-down tests: 8 phantoms, 2 test and 6 train+val cases, are enough
     assert main([*base, "--cases", "8", "--split-file", str(write_split(tmp_path)), "--dry-run"]) == 0
     assert not out.exists()
