@@ -80,8 +80,8 @@ class OutputFolder:
         if self.record is None:
             return []
         files = [self.record_file] + [self.path / name for name in SHARED_FILES]
-        for entry in (self.record.get("cases") or {}).values():
-            files += [self.path / name for name in entry.get("files", [])]
+        for entry in (self.record.get("cases") or {}).values():  # plain names only: nothing outside the folder
+            files += [self.path / name for name in entry.get("files", []) if Path(name).name == name]
         return files
 
     def plan(self, cases: Sequence[str], file_ending: str, save_probabilities: bool) -> List[str]:
