@@ -13,7 +13,8 @@ HELP = ("predict with a fold ensemble that averages SOFTMAX probabilities (nnUNe
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-i", "--input", required=True,
                         help="folder of input images named like nnU-Net's: CASE_0000<file_ending>, CASE_0001...")
-    parser.add_argument("-o", "--output", required=True, help="output folder (created if needed)")
+    parser.add_argument("-o", "--output", required=True,
+                        help="output folder (created if needed; a non-empty one needs --continue or --overwrite)")
     parser.add_argument("-d", "--dataset", required=True, help="dataset id or name (e.g. 17 or Dataset017_BTCV)")
     parser.add_argument("-c", "--configuration", required=True, help="nnU-Net configuration, e.g. 3d_fullres")
     parser.add_argument("-tr", "--trainer", required=True, help="trainer class the model was trained with")
