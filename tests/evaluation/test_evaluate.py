@@ -211,8 +211,9 @@ def _change(tmp_path, kind):
 def test_bad_prediction_names_the_case(tmp_path, capsys, kind):
     random_cases(tmp_path)
     message = _change(tmp_path, kind)
-    code, captured = evaluate([tmp_path / "gt", tmp_path / "pred", "--labels", "1", "2", "3", "-o",
-                               tmp_path / "s.json"], capsys)
+    # the dataset.json label set (1-3): value 7 is an error there (--labels would ignore it)
+    code, captured = evaluate([tmp_path / "gt", tmp_path / "pred", "--dataset-json",
+                               write_dataset_json(tmp_path / "dataset.json"), "-o", tmp_path / "s.json"], capsys)
     assert code == 2
     assert "case b" in captured.err and message in captured.err
     assert not (tmp_path / "s.json").exists()
