@@ -168,7 +168,8 @@ class Finish:
             return not folder.is_dir() or not any(folder.iterdir())
         recorded = json.loads(args_file.read_text())
         return ([int(f) for f in recorded.get("folds", [])] == list(self.settings.folds)
-                and recorded.get("use_mirroring") == self.settings.test_time_mirroring)
+                and recorded.get("use_mirroring") == self.settings.test_time_mirroring
+                and "cases" in recorded)  # earlier versions recorded no cases: predict cannot resume those
 
     def summary_file(self, model: Model, seed: Optional[int] = None, protocol: str = "test") -> Path:
         """``summaries/<model>.json`` (the unseeded run's, or the seed average: what compare gets), or

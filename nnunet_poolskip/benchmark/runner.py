@@ -82,7 +82,9 @@ class BenchmarkRunner:
                     status = f"stage {config.stage} complete"
             except StepFailed as error:
                 self.record.end_invocation("failed")
-                self.say(f"\nERROR: {error}\nFix the cause and rerun the same command: finished steps are kept.")
+                self.say(f"\nERROR: {error}\nFix the cause and rerun the same command: finished steps are kept. "
+                         f"{config.output} keeps this run's settings; to change them (e.g. --cases), use another "
+                         f"--output.")
                 return 1
             except BenchmarkError:
                 self.record.end_invocation("failed")

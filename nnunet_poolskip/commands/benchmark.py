@@ -203,6 +203,7 @@ def reproducing_arguments(config) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nnunet_poolskip.benchmark.case_counts import check_case_counts
     from nnunet_poolskip.benchmark.config import BenchmarkError
     from nnunet_poolskip.benchmark.protocol import check_configuration, check_trainers_available
     from nnunet_poolskip.benchmark.runner import BenchmarkRunner
@@ -223,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
         if config.settings.seeds and ignoring:
             raise ValueError(f"trainer(s) {ignoring} ignore the seed (--seeds sets NNUNET_POOLSKIP_SEED, which only "
                              f"nnunet-poolskip's trainers read); use nnunet instead of nnunet_stock")
+        check_case_counts(config)  # what the conversion would refuse after synthesis, refused now (and by --dry-run)
         if args.emit:
             kind, folder = args.emit
             if kind != "slurm":

@@ -31,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--caveat", metavar="TEXT",
                         help="a caveat shown at the top of the tables and in every figure's title, e.g. "
                              "'SMOKE-SCALE run on synthetic phantoms'")
+    parser.add_argument("--match-labels-by-value", action="store_true",
+                        help="compare summaries whose label names differ for the same value (e.g. 'organ1' and "
+                             "'spleen'), which are refused otherwise: you say they are the same structures; the tables "
+                             "use the first summary's names and note the others")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_output_path(args.output, "-o/--output", folder=True)
         outputs = compare_summaries(args.summaries, args.names, args.output, args.title, args.caveat,
-                                    margin=args.margin / 100, primary=args.primary)
+                                    margin=args.margin / 100, primary=args.primary,
+                                    match_labels_by_value=args.match_labels_by_value)
     except (CompareInputError, OutputPathError) as error:
         print(f"nnunet-poolskip compare: error: {error}", file=sys.stderr)
         return 2

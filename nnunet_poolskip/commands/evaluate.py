@@ -15,7 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of predicted label maps with the same file names (other files are ignored)")
     labels = parser.add_mutually_exclusive_group(required=True)
     labels.add_argument("--dataset-json", help="dataset.json whose 'labels' give the label values and organ names")
-    labels.add_argument("--labels", nargs="+", type=int, metavar="L", help="foreground label values to evaluate")
+    labels.add_argument("--labels", nargs="+", type=int, metavar="L",
+                        help="foreground label values to evaluate; other values in the maps are ignored (background "
+                             "for these labels) and listed in the summary's ignored_label_values")
     parser.add_argument("--nsd-tolerance", type=float, default=None, metavar="MM",
                         help="NSD tolerance in mm for every label (default 1); with --nsd-tolerances, the tolerance "
                              "of the labels the table does not cover")
@@ -67,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: {note}", file=sys.stderr)
         summary = evaluate_folders(args.reference_folder, args.prediction_folder, labels, tolerances,
                                    file_ending=file_ending, allow_missing=args.allow_missing,
-                                   num_processes=args.num_processes, notes=notes, progress=not args.no_progress)
+                                   num_processes=args.num_processes, notes=notes, progress=not args.no_progress,
+                                   ignore_other_labels=args.labels is not None)
     except (EvaluationInputError, ValueError, FileNotFoundError) as error:
         print(f"nnunet-poolskip evaluate: error: {error}", file=sys.stderr)
         return 2

@@ -13,7 +13,8 @@ HELP = ("predict with a fold ensemble that averages SOFTMAX probabilities (nnUNe
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-i", "--input", required=True,
                         help="folder of input images named like nnU-Net's: CASE_0000<file_ending>, CASE_0001...")
-    parser.add_argument("-o", "--output", required=True, help="output folder (created if needed)")
+    parser.add_argument("-o", "--output", required=True,
+                        help="output folder (created if needed; a non-empty one needs --continue or --overwrite)")
     parser.add_argument("-d", "--dataset", required=True, help="dataset id or name (e.g. 17 or Dataset017_BTCV)")
     parser.add_argument("-c", "--configuration", required=True, help="nnU-Net configuration, e.g. 3d_fullres")
     parser.add_argument("-tr", "--trainer", required=True, help="trainer class the model was trained with")
@@ -33,8 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "to the mean of nnUNetv2_predict's per-fold probabilities; resample-once: the mean of the "
                              "folds' softmax on the preprocessed grid, resampled once (nnU-Net's export cost, close "
                              "but not equal numbers)")
-    parser.add_argument("--continue", "--continue_prediction", dest="continue_prediction", action="store_true",
-                        help="skip cases whose outputs already exist (resume an interrupted run)")
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--continue", "--continue_prediction", dest="continue_prediction", action="store_true",
+                          help="resume an interrupted run: skip the cases that predict_args.json lists as done with "
+                               "the same settings (other settings are refused); without --continue or --overwrite "
+                               "a non-empty output folder is refused")
+    existing.add_argument("--overwrite", action="store_true",
+                          help="first delete what an earlier nnunet-poolskip predict wrote into the output folder "
+                               "(the files its predict_args.json lists); files of others are kept and never replaced")
     parser.add_argument("--disable-tta", "--disable_tta", action="store_true",
                         help="no test-time mirroring (faster, slightly less accurate; nnU-Net's --disable_tta)")
     parser.add_argument("--step-size", "-step_size", type=float, default=0.5,
@@ -63,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from nnunet_poolskip.inference.checks import check_case_geometry, check_fold_checkpoints
+    from nnunet_poolskip.inference.output_folder import OutputFolder, output_mode
     from nnunet_poolskip.inference.softmax_ensemble import (
         AVERAGES,
         PredictionInputError,
@@ -73,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         group_case_files,
         parse_folds,
     )
-    from nnunet_poolskip.utilities.atomic import OutputPathError, check_output_path, write_json_atomic
+    from nnunet_poolskip.utilities.atomic import OutputPathError, check_output_path
 
     prefix = "nnunet-poolskip predict: error:"
     try:
@@ -102,23 +111,21 @@ def run(args: argparse.Namespace) -> int:
         from nnunet_poolskip.training.discovery import find_trainer_class
 
         find_trainer_class(args.trainer)  # nnU-Net looks the class up by name: fail early with the env hint
+        output = Path(args.output)
+        settings = {"model_folder": str(model_folder), "folds": folds, "checkpoint": args.checkpoint,
+                    "ensemble": AVERAGES[args.average], "use_mirroring": not args.disable_tta,
+                    "tile_step_size": args.step_size}
+        folder = OutputFolder(output, settings, output_mode(args.continue_prediction, args.overwrite))
+        todo_cases = folder.plan(list(cases), file_ending, args.save_probabilities)  # writes nothing
+        # every fold against the model folder, and the images against the model's spacing: before any preprocessing
+        check_fold_checkpoints(model_folder, folds, args.trainer, args.configuration, args.checkpoint)
+        plans = json.loads((model_folder / "plans.json").read_text())
+        check_case_geometry([(case, cases[case]) for case in todo_cases], plans, args.configuration, dataset_json)
     except (PredictionInputError, OutputPathError, RuntimeError) as error:
         print(f"{prefix} {error}", file=sys.stderr)
         return 2
 
-    output = Path(args.output)
-    settings = {"model_folder": str(model_folder), "folds": folds, "checkpoint": args.checkpoint,
-                "ensemble": AVERAGES[args.average], "use_mirroring": not args.disable_tta,
-                "tile_step_size": args.step_size}
-    recorded_file = output / "predict_args.json"
-    if args.continue_prediction:
-        problem = _continue_problem(output, recorded_file, settings, cases, file_ending)
-        if problem:
-            print(f"{prefix} --continue: {problem}", file=sys.stderr)
-            return 2
-    todo = {case: files for case, files in cases.items()
-            if not (args.continue_prediction
-                    and all(p.is_file() for p in case_outputs(output, case, file_ending, args.save_probabilities)))}
+    todo = {case: cases[case] for case in todo_cases}
     if len(todo) < len(cases):
         print(f"--continue: {len(cases) - len(todo)} of {len(cases)} cases already done, skipping them")
     if not todo:
@@ -131,38 +138,18 @@ def run(args: argparse.Namespace) -> int:
     except PredictionInputError as error:
         print(f"{prefix} {error}", file=sys.stderr)
         return 2
-    output.mkdir(parents=True, exist_ok=True)
     # What nnU-Net's own predict leaves beside its outputs, so that the folder can be evaluated or ensembled.
-    write_json_atomic(ensemble.dataset_json, output / "dataset.json")
-    write_json_atomic(ensemble.predictor.plans_manager.plans, output / "plans.json")
-    write_json_atomic({**settings, "device": device}, recorded_file)
+    folder.start({"dataset.json": ensemble.dataset_json, "plans.json": ensemble.predictor.plans_manager.plans},
+                 device)
     case_bar = tqdm(todo.items(), desc="cases", unit="case", position=0)
     for case, files in case_bar:
         case_bar.set_postfix_str(case)
         with tqdm(total=len(folds), desc=f"{case} folds", unit="fold", position=1, leave=False) as fold_bar:
             probabilities, properties = ensemble.predict_probabilities(files, progress=lambda fold: fold_bar.update())
+        folder.case_started(case, case_outputs(output, case, file_ending, args.save_probabilities))
         ensemble.write_case(output, case, probabilities, properties, args.save_probabilities)
+        folder.case_done(case)
         del probabilities
     print(f"wrote {len(todo)} case(s) to {output} ({AVERAGES[args.average]} of folds {', '.join(map(str, folds))})")
     return 0
 
-
-def _continue_problem(output, recorded_file, settings: dict, cases: dict, file_ending: str) -> str:
-    """Why ``--continue`` must not reuse what ``output`` holds, or "" when it may."""
-    import json
-
-    if recorded_file.is_file():
-        recorded = json.loads(recorded_file.read_text())
-        changed = [k for k in settings if recorded.get(k) != settings[k]]
-        if changed:  # resuming with other settings would mix two different ensembles in one folder
-            return (f"{output} was predicted with other settings ("
-                    + ", ".join(f"{k}: {recorded.get(k)!r} then, {settings[k]!r} now" for k in changed)
-                    + "); use a new output folder or drop --continue")
-        return ""
-    foreign = sorted(case for case in cases if (output / f"{case}{file_ending}").is_file())
-    if foreign:  # e.g. single-fold nnUNetv2_predict outputs: same names, other predictions
-        shown = ", ".join(f"{case}{file_ending}" for case in foreign[:3]) + (" ..." if len(foreign) > 3 else "")
-        return (f"{output} holds predictions ({shown}) but no predict_args.json, so they were not written by "
-                f"nnunet-poolskip predict (nnUNetv2_predict writes the same names) and cannot be counted as done; "
-                f"use a new output folder, or drop --continue to predict every case again")
-    return ""

@@ -432,6 +432,22 @@ def amos_numbers(cases: int, mri_cases: int) -> List[int]:
     return list(range(1, n_ct + 1)) + list(range(AMOS_MRI_MIN_NUMBER, AMOS_MRI_MIN_NUMBER + mri_cases))
 
 
+def default_mri_cases(cases: int) -> int:
+    """How many of ``cases`` AMOS phantoms are MRI unless told: one in six, the release's 60 of 360."""
+    return cases // 6
+
+
+def labelled_phantom_strata(kind: str, cases: int, mri_cases: Optional[int] = None) -> Dict[str, str]:
+    """``{case id: stratum}`` ("ct" / "mri") of the labelled phantoms :func:`write_phantoms` writes for these
+    arguments, known without writing them (the converters split by these ids and strata)."""
+    from nnunet_poolskip.dataset_conversion.layouts import btcv_case_id
+
+    if kind == "btcv":
+        return {btcv_case_id(n): "ct" for n in btcv_numbers(cases)}
+    numbers = amos_numbers(cases, default_mri_cases(cases) if mri_cases is None else mri_cases)
+    return {amos_case_id(n): amos_modality(n) for n in numbers}
+
+
 def btcv_numbers(cases: int) -> List[int]:
     """Case numbers of BTCV phantoms: the 30 real training numbers (1-10, 21-40) first, then 41, 42, ..."""
     numbers = list(BTCV_TRAINING_NUMBERS[:cases])
@@ -540,7 +556,7 @@ def write_phantoms(kind: str, out_dir: os.PathLike, cases: Optional[int] = None,
             folders.add(root.joinpath(*BTCV_TESTING_IMAGES))
         dataset_json = None
     else:
-        mri_cases = cases // 6 if mri_cases is None else mri_cases
+        mri_cases = default_mri_cases(cases) if mri_cases is None else mri_cases
         if not 0 <= mri_cases <= cases:
             raise ValueError(f"--mri-cases must be between 0 and --cases ({cases}), got {mri_cases}")
         numbers = amos_numbers(cases, mri_cases)

@@ -238,6 +238,18 @@ def split_cases(spec: SplitSpec, cases: Mapping[str, str]) -> Split:
         ConversionError: a case the file does not list while it has no ``unlisted`` rule; too few train+val
             cases for the folds.
     """
+    split = split_test_train(spec, cases)
+    split.folds = make_folds({i: cases[i] for i in split.train}, spec.n_folds, spec.fold_seed)
+    return split
+
+
+def split_test_train(spec: SplitSpec, cases: Mapping[str, str]) -> Split:
+    """The test and train+val parts of :func:`split_cases`, without the folds (``folds`` empty): what a caller
+    can check before converting anything (e.g. that there are enough train+val cases for the folds).
+
+    Raises:
+        ConversionError: a case the file does not list while it has no ``unlisted`` rule.
+    """
     notes = []
     absent = sorted((spec.test | spec.train) - set(cases))
     if absent:
@@ -262,6 +274,5 @@ def split_cases(spec: SplitSpec, cases: Mapping[str, str]) -> Split:
         else:
             notes.append(f"{len(unlisted)} case(s) not listed in {spec.path.name} were split by its seeded-hash "
                          f"rule (seed {rule.seed}, test fraction {rule.test_fraction}, per modality)")
-    folds = make_folds({i: cases[i] for i in train}, spec.n_folds, spec.fold_seed)
-    return Split(test=sorted(test), train=sorted(train), folds=folds, notes=notes)
+    return Split(test=sorted(test), train=sorted(train), folds=[], notes=notes)
 

@@ -448,7 +448,7 @@ ONE_MODEL_OUTPUTS = ("statistics", "differences_plot")
 def compare_summaries(paths: Sequence[os.PathLike | str], names: Optional[Sequence[str]],
                       output_folder: os.PathLike | str, title: Optional[str] = None,
                       caveat: Optional[str] = None, margin: float = DEFAULT_MARGIN,
-                      primary: Optional[Sequence[str]] = None) -> Dict[str, Path]:
+                      primary: Optional[Sequence[str]] = None, match_labels_by_value: bool = False) -> Dict[str, Path]:
     """Write Table 3 (Markdown, CSV), the per-organ tables (Markdown, CSV), statistics.json and the two figures into
     ``output_folder``.
 
@@ -464,12 +464,14 @@ def compare_summaries(paths: Sequence[os.PathLike | str], names: Optional[Sequen
             is a smoke-scale run on synthetic data).
         margin: practical margin of the primary endpoint's verdict, a fraction (0.01 = 1 Dice point).
         primary: models whose foreground Dice against the first is the primary endpoint (default: all others).
+        match_labels_by_value: compare summaries whose label names differ for the same value (the user says they
+            are the same structures); the tables use the first summary's names and a note lists the others.
     Returns:
         Output kind -> path (keys of ``OUTPUT_FILES``; statistics.json and differences.png only with two or more
         models).
     Raises:
         CompareInputError: unreadable summaries, a names/paths count mismatch, models with different numbers of
-            seeds, an unknown primary model, different label sets or NSD tolerances.
+            seeds, an unknown primary model, different label sets, label names or NSD tolerances.
     """
     from nnunet_poolskip.evaluation.summaries import average_summaries
 
@@ -487,7 +489,7 @@ def compare_summaries(paths: Sequence[os.PathLike | str], names: Optional[Sequen
     if not 0 <= margin < 1:
         raise CompareInputError(f"--margin {100 * margin:g} points: give a margin between 0 and 100 points")
     every = [load_summary(p) for p in paths]
-    extra_notes = check_comparable(every, paths)
+    extra_notes = check_comparable(every, paths, match_labels_by_value)
     seeds_of = group_by_name(paths, names)
     models = list(seeds_of)
     counts = {m: len(seeds_of[m]) for m in models}

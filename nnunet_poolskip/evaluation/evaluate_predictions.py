@@ -8,7 +8,9 @@ Keys added to DESIGN.md's: per case ``empty_reference`` (the label ids absent fr
 ``compare`` can tell a false positive on an absent organ from a missed organ: both score 0), ``n_cases``,
 ``n_empty_both`` (per label), ``missing_predictions`` (case ids,
 only non-empty with ``allow_missing``), ``complete`` (false when predictions were missing) and ``notes``
-(free-text caveats that ``nnunet-poolskip compare`` prints under its tables; other tools may append to it).
+(free-text caveats that ``nnunet-poolskip compare`` prints under its tables; other tools may append to it);
+with ``ignore_other_labels`` (``evaluate --labels``) ``ignored_label_values`` (``{"reference": [...],
+"prediction": [...]}``: values found in the maps besides the scored labels, which count as background for them).
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ from nnunet_poolskip.evaluation.metrics import METRICS, case_metrics
 from nnunet_poolskip.utilities.atomic import atomic_path
 from nnunet_poolskip.utilities.geometry import SITK_ENDINGS, ImageHeaderError, geometry_mismatch, read_geometry
 from nnunet_poolskip.utilities.image_integrity import check_image_file_complete
+
+OTHER_VALUES_KEY = "other_label_values"
 
 
 class EvaluationInputError(ValueError):
@@ -92,7 +96,9 @@ def label_values(array: np.ndarray) -> List[int]:
     return [int(v) for v in values]
 
 
-def _read_label_map(path: Path, case: str, role: str, allowed: Iterable[int]):
+def _read_label_map(path: Path, case: str, role: str, allowed: Iterable[int], ignore_others: bool = False):
+    """(image, integer array, label values outside ``allowed``): those values are an error unless ``ignore_others``
+    (they then count as background for every scored label)."""
     import SimpleITK as sitk
 
     image = sitk.ReadImage(str(path))
@@ -102,34 +108,45 @@ def _read_label_map(path: Path, case: str, role: str, allowed: Iterable[int]):
     except ValueError as error:
         raise EvaluationInputError(f"case {case}: {role} {path} has {error}") from None
     unknown = sorted(set(values) - set(allowed))
-    if unknown:
+    if unknown and not ignore_others:
         raise EvaluationInputError(f"case {case}: {role} {path} contains label values {unknown} that are not in the "
                                    f"label set {sorted(allowed)}")
     if not np.issubdtype(array.dtype, np.integer):
         array = array.astype(np.int32)
-    return image, array
+    return image, array, unknown
 
 
 def evaluate_case(case: str, reference_file: Path, prediction_file: Path, labels: Sequence[int],
-                  tolerances_mm: Mapping[int, float]) -> Dict:
+                  tolerances_mm: Mapping[int, float], ignore_other_labels: bool = False) -> Dict:
     """Metrics of one case (see ``metrics.case_metrics``) at the reference's spacing.
 
+    Args:
+        ignore_other_labels: score ``labels`` only and treat other label values in either map as background for
+            them (``evaluate --labels``); otherwise such values are an error.
     Returns:
         ``{"case": case, "dice": {label: value}, "nsd": {...}, "iou": {...}, "empty_reference": [labels]}`` (float
-        values, NaN for labels absent from both maps; ``empty_reference``: the labels absent from the reference).
+        values, NaN for labels absent from both maps; ``empty_reference``: the labels absent from the reference);
+        with ``ignore_other_labels`` also ``"other_label_values": {"reference": [...], "prediction": [...]}``, the
+        values found and ignored.
     Raises:
-        EvaluationInputError: label values outside ``{0} | labels``, or shapes that differ, naming the case.
+        EvaluationInputError: label values outside ``{0} | labels`` (unless ignored), or shapes that differ, naming
+            the case.
     """
     allowed = [0, *labels]
-    reference_image, reference = _read_label_map(reference_file, case, "reference", allowed)
-    _, prediction = _read_label_map(prediction_file, case, "prediction", allowed)
+    reference_image, reference, other_reference = _read_label_map(reference_file, case, "reference", allowed,
+                                                                  ignore_other_labels)
+    _, prediction, other_prediction = _read_label_map(prediction_file, case, "prediction", allowed,
+                                                      ignore_other_labels)
     if reference.shape != prediction.shape:
         raise EvaluationInputError(f"case {case}: prediction shape {prediction.shape} differs from reference "
                                    f"shape {reference.shape}")
     spacing_mm = tuple(float(s) for s in reversed(reference_image.GetSpacing()))  # array order (z, y, x)
     counts = np.bincount(reference.ravel(), minlength=max(labels, default=0) + 1)
-    return {"case": case, **case_metrics(reference, prediction, labels, spacing_mm, tolerances_mm),
-            "empty_reference": [int(k) for k in labels if counts[k] == 0]}
+    result = {"case": case, **case_metrics(reference, prediction, labels, spacing_mm, tolerances_mm),
+              "empty_reference": [int(k) for k in labels if counts[k] == 0]}
+    if ignore_other_labels:
+        result[OTHER_VALUES_KEY] = {"reference": other_reference, "prediction": other_prediction}
+    return result
 
 
 def _evaluate_task(task) -> Dict:
@@ -181,7 +198,7 @@ def summarize(per_case: Sequence[Dict], labels: Mapping[int, str], tolerances_mm
 def evaluate_folders(reference_folder: os.PathLike | str, prediction_folder: os.PathLike | str,
                      labels: Mapping[int, str], tolerances_mm: Mapping[int, float],
                      file_ending: Optional[str] = None, allow_missing: bool = False, num_processes: int = 1,
-                     notes: Sequence[str] = (), progress: bool = True) -> Dict:
+                     notes: Sequence[str] = (), progress: bool = True, ignore_other_labels: bool = False) -> Dict:
     """Evaluate every reference case against the prediction of the same name.
 
     Args:
@@ -195,6 +212,9 @@ def evaluate_folders(reference_folder: os.PathLike | str, prediction_folder: os.
         num_processes: worker processes (cases run in parallel); 1 runs in this process.
         notes: caveats copied into the summary's ``notes``.
         progress: show a tqdm progress bar.
+        ignore_other_labels: score ``labels`` only; other label values in the maps count as background for them
+            (``evaluate --labels``) and the summary lists them in ``ignored_label_values`` and its notes.
+            Otherwise a value outside ``labels`` is an error.
     Returns:
         The summary dictionary (see the module docstring).
     Raises:
@@ -255,7 +275,8 @@ def evaluate_folders(reference_folder: os.PathLike | str, prediction_folder: os.
                                        f"{references[case]}: {problem} (reference vs prediction)")
 
     label_list = sorted(labels)
-    tasks = [(case, references[case], predictions[case], label_list, dict(tolerances_mm)) for case in cases]
+    tasks = [(case, references[case], predictions[case], label_list, dict(tolerances_mm), ignore_other_labels)
+             for case in cases]
     bar = tqdm(total=len(tasks), desc="evaluating", unit="case", disable=not progress)
     per_case = []
     if num_processes <= 1 or len(tasks) == 1:
@@ -270,7 +291,15 @@ def evaluate_folders(reference_folder: os.PathLike | str, prediction_folder: os.
                 bar.update()
     bar.close()
 
+    others = [case.pop(OTHER_VALUES_KEY, {}) for case in per_case]
+    ignored = {role: sorted({v for found in others for v in found.get(role, [])})
+               for role in ("reference", "prediction")}
     summary = summarize(per_case, {k: labels[k] for k in label_list}, tolerances_mm)
+    if ignore_other_labels:
+        summary["ignored_label_values"] = ignored
+        notes = list(notes) + [f"only labels {label_list} were scored; label values {values} in the {role} were "
+                               f"ignored (background for the scored labels)"
+                               for role, values in ignored.items() if values]
     summary["missing_predictions"] = missing
     summary["complete"] = not missing
     summary["notes"] = list(notes) + ([f"{len(missing)} of {len(references)} reference cases had no prediction "

@@ -506,6 +506,38 @@ def test_bad_arguments_fail_before_anything_is_written(tmp_path, capsys, args, m
     assert not out.exists()
 
 
+def test_case_counts_and_folds_are_checked_at_argument_time(tmp_path, capsys):
+    """``--cases 8`` passed --dry-run and failed after synthesis (issue 25): the split the converter will make is
+    worked out at argument time, so the dry run and the real run refuse alike, and the advice is a value that works."""
+    out = tmp_path / "results"
+    base = ["benchmark", "--profile", "demo", "--output", str(out), "--work", str(tmp_path / "work")]
+    for extra in ([], ["--dry-run"], ["--emit", "slurm", str(tmp_path / "jobs")]):
+        assert main([*base, "--cases", "8", *extra]) == 2
+        err = capsys.readouterr().err
+        assert "--cases 8 gives 5 test and 3 train+val cases (split file btcv_split.json)" in err
+        assert "5-fold cross-validation needs at least 5 train+val cases" in err
+        assert "use --cases 10 or more" in err
+        assert not out.exists() and not (tmp_path / "jobs").exists()
+    assert main([*base, "--cases", "10", "--dry-run"]) == 0  # the advised value passes
+    capsys.readouterr()
+    assert main([*base, "--cases", "9", "--dry-run"]) == 2  # and is the smallest that does
+    capsys.readouterr()
+    assert main([*base, "--folds", "0", "5", "--dry-run"]) == 2
+    assert "--folds 5 does not exist: the split has 5 folds (0-4)" in capsys.readouterr().err
+    # AMOS phantoms (one in six MRI), split 1:2 per modality: the advice is again the smallest count that works
+    amos = [*base, "--dataset", "amos", "--dry-run"]
+    assert main([*amos, "--cases", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--cases 3 gives 1 test and 2 train+val cases (split file amos_split.json)" in err
+    advised = int(re.search(r"use --cases (\d+) or more", err)[1])
+    assert main([*amos, "--cases", str(advised - 1)]) == 2
+    assert main([*amos, "--cases", str(advised)]) == 0
+    capsys.readouterr()
+    # a split file of the scaled-down tests: 8 phantoms, 2 test and 6 train+val cases, are enough
+    assert main([*base, "--cases", "8", "--split-file", str(write_split(tmp_path)), "--dry-run"]) == 0
+    assert not out.exists()
+
+
 # ------------------------------------------------------------------------------------ end to end
 SCALED_DOWN = ["--profile", "demo", "--models", "nnunet,nnunet_poolskip", "--folds", "0", "1", "--cases", "8",
                "--phantom-size", "32", "48", "48", "--epochs", "2", "--iterations", "2", "--val-iterations", "1",

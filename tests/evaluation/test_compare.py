@@ -132,3 +132,25 @@ def test_incomparable_summaries(tmp_path, summaries, capsys):
                           ([a, tmp_path / "missing.json"], "does not exist")):
         assert main(["compare", *map(str, args), "-o", str(tmp_path / "cmp")]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_label_names_that_differ_are_refused_unless_matched_by_value(tmp_path, summaries, capsys):
+    """Same label values, other meanings (issue 25): compare names both and refuses; --match-labels-by-value
+    compares them anyway and says so under the table."""
+    a, b, _ = summaries
+    renamed = tmp_path / "renamed" / "summary.json"
+    data = json.loads(b.read_text())
+    data["labels"]["1"] = "organ1"
+    renamed.parent.mkdir()
+    renamed.write_text(json.dumps(data))
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(renamed), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"label 1 is 'organ1' in {renamed} but 'liver' in {a}" in err
+    assert "--match-labels-by-value" in err
+    assert not out.exists()
+
+    assert main(["compare", str(a), str(renamed), "-o", str(out), "--match-labels-by-value"]) == 0
+    table = (out / "table3.md").read_text()
+    assert f"label 1 is 'organ1' in {renamed}, 'liver' in {a}: compared by value (--match-labels-by-value)" in table
+    assert "liver" in (out / "per_organ.md").read_text()

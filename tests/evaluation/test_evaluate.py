@@ -215,8 +215,9 @@ def _change(tmp_path, kind):
 def test_bad_prediction_names_the_case(tmp_path, capsys, kind):
     random_cases(tmp_path)
     message = _change(tmp_path, kind)
-    code, captured = evaluate([tmp_path / "gt", tmp_path / "pred", "--labels", "1", "2", "3", "-o",
-                               tmp_path / "s.json"], capsys)
+    # the dataset.json label set (1-3): value 7 is an error there (--labels would ignore it)
+    code, captured = evaluate([tmp_path / "gt", tmp_path / "pred", "--dataset-json",
+                               write_dataset_json(tmp_path / "dataset.json"), "-o", tmp_path / "s.json"], capsys)
     assert code == 2
     assert "case b" in captured.err and message in captured.err
     assert not (tmp_path / "s.json").exists()
@@ -252,9 +253,11 @@ def test_missing_output_folders_are_created(tmp_path, capsys):
 
 
 def test_label_outside_label_set_in_reference(tmp_path, capsys):
+    """A dataset.json is the whole label set: a value it lacks is an error (``--labels`` ignores other values)."""
     random_cases(tmp_path)
-    code, captured = evaluate([tmp_path / "gt", tmp_path / "pred", "--labels", "1", "2", "-o", tmp_path / "s.json"],
-                              capsys)
+    dataset_json = write_dataset_json(tmp_path / "dataset.json", {"background": 0, "liver": 1, "kidney_right": 2})
+    code, captured = evaluate([tmp_path / "gt", tmp_path / "pred", "--dataset-json", dataset_json, "-o",
+                               tmp_path / "s.json"], capsys)
     assert code == 2 and "case a: reference" in captured.err and "label values [3]" in captured.err
 
 
@@ -308,3 +311,27 @@ def test_bad_tables_and_folders(tmp_path, capsys):
     code, captured = evaluate([tmp_path / "gt", tmp_path / "pred", "--labels", "1", "2", "3", "-o",
                                tmp_path / "s.json"], capsys)
     assert code == 2 and "case a" in captured.err and "a.nii.gz" in captured.err
+
+
+def test_labels_option_scores_only_the_listed_labels(tmp_path, capsys):
+    """``--labels 3`` scores label 3 and ignores the others in both maps (issue 25: it refused references with
+    other labels); the summary says which other values it found and ignored."""
+    arrays = random_cases(tmp_path)
+    out = tmp_path / "s.json"
+    code, captured = evaluate([tmp_path / "gt", tmp_path / "pred", "--labels", "3", "-o", out], capsys)
+    assert code == 0, captured.err
+    summary = json.loads(out.read_text())
+    assert summary["labels"] == {"3": "3"}
+    assert summary["ignored_label_values"] == {
+        "reference": sorted({int(v) for ref, _ in arrays.values() for v in np.unique(ref)} - {0, 3}),
+        "prediction": sorted({int(v) for _, pred in arrays.values() for v in np.unique(pred)} - {0, 3})}
+    assert summary["ignored_label_values"]["reference"] == [1, 2]
+    assert any("label values [1, 2] in the reference" in note for note in summary["notes"])
+    by_case = {c["case"]: c for c in summary["per_case"]}
+    for case, (ref, pred) in arrays.items():
+        r, p = ref == 3, pred == 3
+        expected = None if not r.any() and not p.any() else 2 * (r & p).sum() / (r.sum() + p.sum())
+        assert by_case[case]["dice"]["3"] == (None if expected is None else pytest.approx(expected, abs=1e-12))
+    # a value that is not an integer label value is still refused
+    code, captured = evaluate([tmp_path / "gt", tmp_path / "pred", "--labels", "0", "-o", out], capsys)
+    assert code == 2 and "--labels must be foreground values > 0" in captured.err

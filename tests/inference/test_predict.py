@@ -303,7 +303,7 @@ def test_continue_refuses_outputs_it_did_not_write(fake_model, capsys):
     assert predict(fake_model, "-f", "0", "--continue") == 2
     err = capsys.readouterr().err
     assert "holds predictions (toy_000.nii.gz, toy_001.nii.gz) but no predict_args.json" in err
-    assert "drop --continue" in err
+    assert "use a new output folder" in err
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
 
 
