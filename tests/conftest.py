@@ -102,3 +102,24 @@ def toy_workspace(tmp_path_factory) -> NnunetWorkspace:
     run_cli(["nnunet-poolskip", "derive-plans", "-d", str(TOY_ID)], env)
     env["nnUNet_n_proc_DA"] = "0"
     return NnunetWorkspace(root=root, env=env)
+
+
+@pytest.fixture(scope="session")
+def real_scans() -> Path:
+    """The real CT, its DICOM series and an MRI with label maps: the unpacked ``reference_files`` folder of the pinned
+    TotalSegmentator sdist (:mod:`nnunet_poolskip.utilities.real_ct`, fetched by scripts/setup.sh). Where it was never
+    fetched the test skips and says so, unless ``NNUNET_POOLSKIP_REAL_CT_REQUIRED=1`` (CI sets it): then it fails."""
+    from nnunet_poolskip.utilities.real_ct import RealCTError, reference_files
+
+    try:
+        folder = reference_files()
+    except RealCTError as error:
+        folder, why = None, str(error)
+    else:
+        why = ("the real-CT reference files were never fetched: run `python -m nnunet_poolskip.utilities.real_ct "
+               "fetch` (scripts/setup.sh does)")
+    if folder is None:
+        if os.environ.get("NNUNET_POOLSKIP_REAL_CT_REQUIRED") == "1":
+            pytest.fail(f"NNUNET_POOLSKIP_REAL_CT_REQUIRED=1 but {why}")
+        pytest.skip(why)
+    return folder
