@@ -208,16 +208,20 @@ def configuration_dimension(plans_file: os.PathLike | str, configuration: str) -
     """
     import json
 
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
     data = json.loads(Path(plans_file).read_text())
-    if "configurations" not in data:  # not plans nnU-Net wrote: nnU-Net's own loading will say so
+    configurations = data.get("configurations")
+    if configurations is None:  # not plans nnU-Net wrote: nnU-Net's own loading will say so
         return None
-    plans = PlansManager(data)
-    if configuration not in plans.available_configurations:
+    if configuration not in configurations:
         raise InputError(f"configuration {configuration!r} is not in {plans_file} (it has "
-                         f"{', '.join(plans.available_configurations)})")
-    return len(plans.get_configuration(configuration).patch_size)
+                         f"{', '.join(configurations)})")
+    entry, seen = configurations[configuration], {configuration}
+    while "patch_size" not in entry and entry.get("inherits_from") in configurations:  # as nnU-Net resolves it
+        if entry["inherits_from"] in seen:
+            break
+        seen.add(entry["inherits_from"])
+        entry = configurations[entry["inherits_from"]]
+    return len(entry["patch_size"]) if "patch_size" in entry else None
 
 
 def reader_endings_of(plans_file: os.PathLike | str) -> Optional[tuple]:

@@ -323,6 +323,9 @@ def test_dicom_seg_refused_for_image_files_before_any_work(real_scans, tmp_path,
     assert main(["predict", "-i", str(ct), *common, "--output-type", "dicom-seg"]) == 2
     assert f"--output-type dicom-seg is for DICOM series input (a folder of DICOM files); {ct} is an image file" \
         in capsys.readouterr().err
-    assert main(["predict", "-i", str(real_scans / "example_ct_dicom"), *common, "-c", "2d"]) == 2
-    assert "configuration '2d' is not in" in capsys.readouterr().err
     assert not out.exists()
+    from nnunet_poolskip.inference.inputs import configuration_dimension
+
+    assert configuration_dimension(model / "plans.json", "3d_fullres") == 3
+    with pytest.raises(InputError, match="configuration '2d' is not in .*plans.json \\(it has 3d_fullres\\)"):
+        configuration_dimension(model / "plans.json", "2d")
