@@ -7,15 +7,19 @@
 #   bash benchmarks/gpu_check.sh OUTDIR            # on a machine with a CUDA GPU
 #   bash benchmarks/gpu_check.sh --tiny OUTDIR     # on a CPU, small sizes: checks that every stage runs
 #
-# It runs in the environment you have active: the `python` on PATH, when it imports torch, nnU-Net and this package
+# It runs in the environment you have active: the `python` (or `python3`) on PATH, when it imports torch, nnU-Net and this package
 # (e.g. your own nnU-Net environment with `pip install -e .` of this checkout), so a GPU node needs no second torch.
 # Only when that Python lacks them does it fall back to the checkout's .venv (made by `bash scripts/setup.sh`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 active=""
-if command -v python >/dev/null 2>&1 && python -c "import torch, nnunetv2, nnunet_poolskip" >/dev/null 2>&1; then
-    active=$(python -c "import sys; print(sys.executable)")
-fi
+for candidate in python python3; do
+    if command -v "$candidate" >/dev/null 2>&1 \
+            && "$candidate" -c "import torch, nnunetv2, nnunet_poolskip" >/dev/null 2>&1; then
+        active=$("$candidate" -c "import sys; print(sys.executable)")
+        break
+    fi
+done
 if [ -n "$active" ]; then
     py="$active"
     echo "gpu_check: using the active environment's Python: $py" >&2

@@ -61,11 +61,12 @@ def test_gpu_check_tiny_runs_every_stage_on_the_cpu(tmp_path):
 
 
 def _fake_python(folder: Path, body: str) -> Path:
-    """A ``python`` on PATH that is not this one: ``body`` is its shell script."""
+    """A ``python`` and ``python3`` on PATH that are not this one: ``body`` is their shell script."""
     folder.mkdir()
-    python = folder / "python"
-    python.write_text(f"#!/usr/bin/env bash\n{body}\n")
-    python.chmod(0o755)
+    for name in ("python", "python3"):
+        python = folder / name
+        python.write_text(f"#!/usr/bin/env bash\n{body}\n")
+        python.chmod(0o755)
     return folder
 
 
