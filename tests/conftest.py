@@ -108,7 +108,7 @@ def toy_workspace(tmp_path_factory) -> NnunetWorkspace:
 # A test that runs nnU-Net's command line (directly, through the session's planned toy data set, or through a
 # benchmark run) is an integration test. Tests that use the toy data set are marked here; any other unmarked test
 # that starts nnU-Net's command line fails and says to add the marker, so the split of the fast loop stays true.
-INTEGRATION_FIXTURES = frozenset({"toy_workspace"})
+INTEGRATION_FIXTURES = frozenset({"toy_workspace", "phantom_ct_model"})
 """Fixtures that run nnU-Net's command line: every test using them is an integration test."""
 
 _running: Dict[str, object] = {"item": None, "integration": False}
@@ -158,3 +158,23 @@ def _guarded_popen_init(self, args, *positional, **keywords):
 
 
 subprocess.Popen.__init__ = _guarded_popen_init
+
+@pytest.fixture(scope="session")
+def real_scans() -> Path:
+    """The real CT, its DICOM series and an MRI with label maps: the unpacked ``reference_files`` folder of the pinned
+    TotalSegmentator sdist (:mod:`nnunet_poolskip.utilities.real_ct`, fetched by scripts/setup.sh). Where it was never
+    fetched the test skips and says so, unless ``NNUNET_POOLSKIP_REAL_CT_REQUIRED=1`` (CI sets it): then it fails."""
+    from nnunet_poolskip.utilities.real_ct import RealCTError, reference_files
+
+    try:
+        folder = reference_files()
+    except RealCTError as error:
+        folder, why = None, str(error)
+    else:
+        why = ("the real-CT reference files were never fetched: run `python -m nnunet_poolskip.utilities.real_ct "
+               "fetch` (scripts/setup.sh does)")
+    if folder is None:
+        if os.environ.get("NNUNET_POOLSKIP_REAL_CT_REQUIRED") == "1":
+            pytest.fail(f"NNUNET_POOLSKIP_REAL_CT_REQUIRED=1 but {why}")
+        pytest.skip(why)
+    return folder

@@ -26,7 +26,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -295,8 +295,11 @@ class SoftmaxFoldEnsemble:
     def _to_original_geometry(self, mean, properties: dict) -> np.ndarray:
         """Revert nnU-Net's cropping (background 1 outside the box) and its axis transpose, as its export does."""
         label_manager, plans_manager = self.predictor.label_manager, self.predictor.plans_manager
-        probabilities = label_manager.revert_cropping_on_probabilities(
-            mean.cpu(), properties["bbox_used_for_cropping"], properties["shape_before_cropping"])
+        if list(mean.shape[1:]) == [int(s) for s in properties["shape_before_cropping"]]:
+            probabilities = mean.cpu()  # nothing was cropped (a CT's air is not zero): no second full-size copy
+        else:
+            probabilities = label_manager.revert_cropping_on_probabilities(
+                mean.cpu(), properties["bbox_used_for_cropping"], properties["shape_before_cropping"])
         probabilities = probabilities.numpy()
         return probabilities.transpose([0] + [i + 1 for i in plans_manager.transpose_backward])
 
@@ -308,11 +311,13 @@ class SoftmaxFoldEnsemble:
         return segmentation.astype(np.uint8 if len(label_manager.foreground_labels) < 255 else np.uint16)
 
     def write_case(self, output_folder: Path, case: str, probabilities: np.ndarray, properties: dict,
-                   save_probabilities: bool) -> None:
-        """Write the label map (and probabilities) of one case atomically, label map last."""
+                   save_probabilities: bool, file_ending: Optional[str] = None) -> np.ndarray:
+        """Write the label map (and probabilities) of one case atomically, label map last; returns the label map.
+
+        ``file_ending``: of the label map (default the dataset's; ``.nii.gz`` for single files and DICOM series)."""
         from batchgenerators.utilities.file_and_folder_operations import save_pickle
 
-        file_ending = self.dataset_json["file_ending"]
+        file_ending = file_ending or self.dataset_json["file_ending"]
         label_file, *probability_files = case_outputs(output_folder, case, file_ending, save_probabilities)
         segmentation = self.segmentation(probabilities)
         temporaries = []
@@ -333,6 +338,7 @@ class SoftmaxFoldEnsemble:
             for path in temporaries:
                 if path.exists():
                     path.unlink()
+        return segmentation
 
 
 class _ExportGrid:
@@ -345,6 +351,10 @@ class _ExportGrid:
         self.new_spacing = [properties["spacing"][i] for i in plans_manager.transpose_forward]
         spacing = list(configuration_manager.spacing)
         self.current_spacing = spacing if len(spacing) == len(self.shape) else [self.new_spacing[0], *spacing]
+
+
+#: Values (classes x voxels) the nonlinearity is applied to at a time when adding a fold (a slab of 64 MiB in float32).
+_SLAB_VALUES = 1 << 24
 
 
 class _RunningSum:
@@ -372,14 +382,26 @@ class _RunningSum:
 
     def add(self, values: Callable, nonlinearity: Callable) -> None:
         """Add ``nonlinearity(values(device))``, both computed on the sum's device."""
-        self.run(lambda device: self._add(nonlinearity(values(device))))
+        self.run(lambda device: self._add(values(device), nonlinearity))
 
-    def _add(self, probabilities) -> None:
+    def _add(self, values, nonlinearity) -> None:
+        """The nonlinearity slab by slab along the first spatial axis, written over ``values`` (it acts on each
+        voxel's classes alone, so the numbers are those of one call), then added to the sum in place: memory holds
+        the sum and one fold's values, not a third full-size map. The sum changes only in the last step, so a retry
+        on the CPU after running out of GPU memory adds the fold once."""
+        import torch
+
+        if values.dtype != torch.float32:  # the sum is float32, as the nonlinearity computes
+            values = values.float()
+        step = max(1, _SLAB_VALUES // max(1, values[:, :1].numel()))
+        for start in range(0, values.shape[1], step):
+            values[:, start:start + step] = nonlinearity(values[:, start:start + step])
         if self.total is None:
-            self.total = probabilities
+            self.total = values
         else:
-            self.total += probabilities.to(self.total.device)
+            self.total += values.to(self.total.device)
 
     def mean(self, count: int):
-        return self.total / count
+        """The mean, in place of the sum (which is not used again)."""
+        return self.total.div_(count)
 

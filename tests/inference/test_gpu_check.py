@@ -58,3 +58,37 @@ def test_gpu_check_tiny_runs_every_stage_on_the_cpu(tmp_path):
     for heading in ("## overhead: ok", "## overhead_compile: ok", "## train: ok", "## ensemble: ok"):
         assert heading in markdown
     assert not (out / "work").exists()  # the work folder is removed unless --workdir is given
+
+
+def _fake_python(folder: Path, body: str) -> Path:
+    """A ``python`` and ``python3`` on PATH that are not this one: ``body`` is their shell script."""
+    folder.mkdir()
+    for name in ("python", "python3"):
+        python = folder / name
+        python.write_text(f"#!/usr/bin/env bash\n{body}\n")
+        python.chmod(0o755)
+    return folder
+
+
+@pytest.mark.integration  # three Python start-ups that import torch: seconds, not a unit test
+def test_gpu_check_uses_the_active_python_and_falls_back_only_without_the_package(tmp_path):
+    import sys
+
+    script = str(ROOT / "benchmarks" / "gpu_check.sh")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet_", "NNUNET_POOLSKIP_"))}
+    # the active Python (this one) has the package: used as it is, whether or not the checkout has a .venv
+    active = _fake_python(tmp_path / "active", f'exec "{sys.executable}" "$@"')
+    proc = subprocess.run(["bash", script, "--help"], env={**env, "PATH": f"{active}:{env['PATH']}"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"using the active environment's Python: {sys.executable}" in proc.stderr
+    assert "outdir" in proc.stdout  # gpu_check.py's own --help
+    # an active Python without the package: the checkout's .venv, or a message saying how to get one
+    lacking = _fake_python(tmp_path / "lacking", "exit 1")
+    proc = subprocess.run(["bash", script, "--help"], env={**env, "PATH": f"{lacking}:{env['PATH']}"},
+                          capture_output=True, text=True, timeout=300)
+    if (ROOT / ".venv" / "bin" / "python").exists():
+        assert proc.returncode == 0 and "using the checkout's .venv" in proc.stderr, proc.stderr
+    else:
+        assert proc.returncode == 2
+        assert f"lacks torch, nnunetv2 or nnunet_poolskip and there is no .venv in {ROOT}" in proc.stderr
