@@ -136,6 +136,8 @@ class Finish:
                 "--continue"]
         if not self.settings.test_time_mirroring:
             argv.append("--disable-tta")
+        if self.settings.cpu_autocast_mode()[0] != "off":
+            argv += ["--cpu-autocast", self.settings.cpu_autocast_mode()[0]]
         self.steps.run(step, f"predict {len(tests)} test cases with {model.name} (softmax average of folds "
                              f"{' '.join(map(str, self.settings.folds))}{seeded})", argv, seed=seed)
         return out
@@ -147,7 +149,8 @@ class Finish:
             return not folder.is_dir() or not any(folder.iterdir())
         recorded = json.loads(args_file.read_text())
         return ([int(f) for f in recorded.get("folds", [])] == list(self.settings.folds)
-                and recorded.get("use_mirroring") == self.settings.test_time_mirroring)
+                and recorded.get("use_mirroring") == self.settings.test_time_mirroring
+                and recorded.get("cpu_autocast", "off") == self.settings.cpu_autocast_mode()[0])
 
     def summary_file(self, model: Model, seed: Optional[int] = None) -> Path:
         """``summaries/<model>.json`` (the unseeded run's, or the seed average: what compare gets), or

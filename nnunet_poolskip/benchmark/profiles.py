@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Tuple
 
 from nnunet_poolskip.benchmark.protocol import PAPER_FOLDS, PAPER_MODELS
 from nnunet_poolskip.training.schedule import MAX_SEED
+from nnunet_poolskip.utilities.cpu_precision import CPU_AUTOCAST_CHOICES, resolve_cpu_autocast
 
 
 @dataclass
@@ -37,6 +38,11 @@ class Profile:
         parallel_trainings: trainings run at the same time on this machine, each with CPU count / this many
             torch threads (``device cpu`` only: on a small CPU two one-thread trainings do more work than one
             two-thread training; GPU runs train one fold at a time, or use --emit slurm).
+        phantom_anatomy: organ sizes of the synthetic phantoms (``synth --anatomy``: ``standard`` BTCV-like, or
+            ``learnable``, the small organs grown for short CPU runs).
+        cpu_autocast: ``off``, ``bf16`` or ``auto`` (bf16 where the CPU computes bfloat16 natively): CPU bfloat16
+            autocast for training (NNUNET_POOLSKIP_CPU_AUTOCAST) and prediction (predict --cpu-autocast); see
+            :mod:`nnunet_poolskip.utilities.cpu_precision`. No effect on CUDA.
     """
 
     name: str
@@ -56,6 +62,8 @@ class Profile:
     test_time_mirroring: bool
     smoke: bool
     parallel_trainings: int = 1
+    phantom_anatomy: str = "standard"
+    cpu_autocast: str = "off"
 
 
 PROFILES: Dict[str, Profile] = {
@@ -81,7 +89,7 @@ PROFILES: Dict[str, Profile] = {
         device="cpu", plans_preset="cpu_demo", epochs=8, iterations=60, val_iterations=2,
         folds=(0, 1), models=PAPER_MODELS, synthetic_cases=30, synth_seed=0, synth_size=(24, 40, 40),
         preprocess_processes=2, cpu_training_env=True, test_time_mirroring=False, smoke=True,
-        parallel_trainings=2),
+        parallel_trainings=2, phantom_anatomy="learnable", cpu_autocast="auto"),
 }
 
 
@@ -91,7 +99,8 @@ OVERRIDE_OPTIONS: Dict[str, str] = {
     "synthetic_cases": "--cases", "synth_seed": "--seed", "synth_size": "--phantom-size",
     "preprocess_processes": "--preprocess-processes",
     "test_time_mirroring": "--tta", "num_gpus": "--num-gpus", "seeds": "--seeds",
-    "parallel_trainings": "--parallel-trainings",
+    "parallel_trainings": "--parallel-trainings", "phantom_anatomy": "--phantom-anatomy",
+    "cpu_autocast": "--cpu-autocast",
 }
 """Settings field -> the benchmark's command-line option that overrides it (one source for the CLI and for
 the command lines written into SLURM scripts)."""
@@ -130,6 +139,10 @@ class Settings(Profile):
         """The seed of every run of a model x fold: ``seeds``, or ``(None,)`` for one unseeded run."""
         return self.seeds if self.seeds else (None,)
 
+    def cpu_autocast_mode(self) -> Tuple[str, str]:
+        """(``bf16`` or ``off``, why): ``cpu_autocast`` resolved for this device and this machine's CPU."""
+        return resolve_cpu_autocast(self.cpu_autocast, self.device)
+
     def override_arguments(self) -> List[str]:
         """The command-line options that turn the profile into these settings (for emitted job scripts)."""
         argv: List[str] = []
@@ -151,7 +164,8 @@ class Settings(Profile):
         return {"device": self.device, "plans_preset": self.plans_preset, "epochs": self.epochs,
                 "iterations": self.iterations, "val_iterations": self.val_iterations,
                 "synthetic_cases": self.synthetic_cases, "synth_seed": self.synth_seed,
-                "synth_size": list(self.synth_size) if self.synth_size else None}
+                "synth_size": list(self.synth_size) if self.synth_size else None,
+                "phantom_anatomy": self.phantom_anatomy, "cpu_autocast": self.cpu_autocast_mode()[0]}
 
 
 def resolve_settings(profile_name: str, **overrides) -> Settings:
@@ -196,6 +210,14 @@ def _check(settings: Settings) -> None:
             raise ValueError("--seeds is empty")
         if len(set(settings.seeds)) != len(settings.seeds) or not all(0 <= s <= MAX_SEED for s in settings.seeds):
             raise ValueError(f"--seeds must be distinct integers from 0 to {MAX_SEED}, got {list(settings.seeds)}")
+    if settings.cpu_autocast not in CPU_AUTOCAST_CHOICES:
+        raise ValueError(f"--cpu-autocast must be one of {', '.join(CPU_AUTOCAST_CHOICES)}, got "
+                         f"{settings.cpu_autocast!r}")
+    from nnunet_poolskip.dataset_conversion.phantoms import ANATOMY_SCALES
+
+    if settings.phantom_anatomy not in ANATOMY_SCALES:
+        raise ValueError(f"--phantom-anatomy must be one of {', '.join(sorted(ANATOMY_SCALES))}, got "
+                         f"{settings.phantom_anatomy!r}")
     if settings.device not in ("cuda", "cpu"):
         raise ValueError(f"--device must be cuda or cpu, got {settings.device!r}")
     if settings.num_gpus < 1:

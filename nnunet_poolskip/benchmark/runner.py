@@ -26,6 +26,7 @@ from nnunet_poolskip.benchmark.runinfo import RunRecord
 from nnunet_poolskip.benchmark.steps import StepFailed, Steps
 from nnunet_poolskip.benchmark.train import Training
 from nnunet_poolskip.training.schedule import SEED_VARIABLE
+from nnunet_poolskip.utilities.cpu_precision import CPU_AUTOCAST_VARIABLE
 
 
 def _raise_keyboard_interrupt(signum, frame):
@@ -219,6 +220,8 @@ class BenchmarkRunner:
                                         f"nnUNet_n_proc_DA=0 (see training/base.py)")
                       if s.seeds else None},
             "configuration": CONFIGURATION,
+            "cpu_autocast": dict(zip(("mode", "reason"), s.cpu_autocast_mode()), requested=s.cpu_autocast,
+                                 variable=CPU_AUTOCAST_VARIABLE),
         }
 
     def _print_header(self) -> None:
@@ -229,6 +232,8 @@ class BenchmarkRunner:
         data = f"synthetic {c.target.kind.upper()}-like phantoms ({s.synthetic_cases} cases)" if c.synthetic \
             else (str(c.raw_source) if c.raw_source else "already converted")
         self.say(f"  data set: {c.target.label} (id {c.target.dataset_id}), from {data}")
+        if s.device == "cpu":
+            self.say(f"  precision: {s.cpu_autocast_mode()[1]}")
         folders = self.ws.raw.parent if self.ws.raw.parent == self.ws.results.parent else self.ws.variables()
         self.say(f"  output: {c.output}   nnU-Net folders: {folders}")
         if not c.verbose:

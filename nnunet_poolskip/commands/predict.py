@@ -39,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no test-time mirroring (faster, slightly less accurate; nnU-Net's --disable_tta)")
     parser.add_argument("--step-size", "-step_size", type=float, default=0.5,
                         help="sliding-window step as a fraction of the patch size (default 0.5, nnU-Net's)")
+    parser.add_argument("--cpu-autocast", choices=("off", "bf16", "auto"), default="off",
+                        help="--device cpu: run the network's forward passes under bfloat16 autocast (bf16), or "
+                             "only where the CPU computes bfloat16 natively (auto: avx512_bf16 or amx_bf16 in "
+                             "/proc/cpuinfo); default off (float32, as nnU-Net on the CPU); no effect on CUDA")
     parser.add_argument("--verbose", action="store_true", help="nnU-Net's verbose output")
 
 
@@ -74,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         parse_folds,
     )
     from nnunet_poolskip.utilities.atomic import OutputPathError, check_output_path, write_json_atomic
+    from nnunet_poolskip.utilities.cpu_precision import resolve_cpu_autocast
 
     prefix = "nnunet-poolskip predict: error:"
     try:
@@ -99,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
                                 disable=len(cases) < 2, leave=False):
             check_case_images(case, files, file_ending)
         device = _resolve_device(args.device)
+        cpu_autocast, autocast_reason = resolve_cpu_autocast(args.cpu_autocast, device)
         from nnunet_poolskip.training.discovery import find_trainer_class
 
         find_trainer_class(args.trainer)  # nnU-Net looks the class up by name: fail early with the env hint
@@ -109,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     settings = {"model_folder": str(model_folder), "folds": folds, "checkpoint": args.checkpoint,
                 "ensemble": AVERAGES[args.average], "use_mirroring": not args.disable_tta,
-                "tile_step_size": args.step_size}
+                "tile_step_size": args.step_size, "cpu_autocast": cpu_autocast}
     recorded_file = output / "predict_args.json"
     if args.continue_prediction:
         problem = _continue_problem(output, recorded_file, settings, cases, file_ending)
@@ -124,10 +130,12 @@ def run(args: argparse.Namespace) -> int:
     if not todo:
         return 0
 
+    if args.cpu_autocast != "off" or cpu_autocast != "off":
+        print(f"precision: {autocast_reason}")
     try:  # loads every fold's checkpoint: a broken one is named here, before anything is written
         ensemble = SoftmaxFoldEnsemble(model_folder, folds, args.checkpoint, device=device,
                                        use_mirroring=not args.disable_tta, tile_step_size=args.step_size,
-                                       average=args.average, verbose=args.verbose)
+                                       average=args.average, verbose=args.verbose, cpu_autocast=cpu_autocast)
     except PredictionInputError as error:
         print(f"{prefix} {error}", file=sys.stderr)
         return 2
@@ -147,12 +155,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+RECORDED_BEFORE_KEYED = {"cpu_autocast": "off"}
+"""predict_args.json keys that older versions did not write, and what their predictions were made with."""
+
+
 def _continue_problem(output, recorded_file, settings: dict, cases: dict, file_ending: str) -> str:
     """Why ``--continue`` must not reuse what ``output`` holds, or "" when it may."""
     import json
 
     if recorded_file.is_file():
         recorded = json.loads(recorded_file.read_text())
+        # keys added in later versions, with the value their outputs were made with
+        recorded = {**RECORDED_BEFORE_KEYED, **recorded}
         changed = [k for k in settings if recorded.get(k) != settings[k]]
         if changed:  # resuming with other settings would mix two different ensembles in one folder
             return (f"{output} was predicted with other settings ("
