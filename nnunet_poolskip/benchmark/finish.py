@@ -90,6 +90,11 @@ class Finish:
         summaries = [self.model_summary(model, seed_summaries[model.name]) for model in complete]
         diagnosed = self.diagnose(complete)
         self.compare(complete, summaries, incomplete, seed_summaries, diagnosed)
+        if self.config.synthetic and self.config.target.kind == "btcv":  # the demo: from phantoms to a real scan
+            from nnunet_poolskip.benchmark.real_ct import REAL_CT_MODELS, segment_real_ct
+
+            segment_real_ct(self, [m for m in complete if m.name in REAL_CT_MODELS], self.steps.say,
+                            seed=self.settings.run_seeds[0])
         return "incomplete" if incomplete else "complete"
 
     def model_folder(self, model: Model, seed: Optional[int]) -> Path:
@@ -113,24 +118,30 @@ class Finish:
         return [self.model_folder(model, seed) / f"fold_{f}" / FINAL_CHECKPOINT for f in self.settings.folds]
 
     def predict(self, model: Model, seed: Optional[int] = None) -> Path:
-        trainer = model.trainer_for(self.config.target.kind)
         raw = self.config.raw_folder()
-        ending = file_ending(raw)
-        tests = case_ids(raw / "imagesTs", ending)
-        out = self.predictions_folder(model, seed)
+        return self.predict_images(model, seed, raw / "imagesTs", self.predictions_folder(model, seed),
+                                   self._step("predict", model, seed), "test")
+
+    def predict_images(self, model: Model, seed: Optional[int], images: Path, out: Path, step: str,
+                       what: str) -> Path:
+        """``nnunet-poolskip predict`` of every case in ``images`` (an nnU-Net-style folder) into ``out`` with the
+        model's fold ensemble, as this run's settings say; skipped when ``out`` already holds them, made so and newer
+        than the checkpoints. ``what`` names the cases in the log (``test``)."""
+        trainer = model.trainer_for(self.config.target.kind)
+        ending = file_ending(self.config.raw_folder())
+        tests = case_ids(images, ending)
         newest_checkpoint = max(c.stat().st_mtime for c in self.checkpoints(model, seed))
         outputs = [out / f"{c}{ending}" for c in tests]
-        step = self._step("predict", model, seed)
         seeded = "" if seed is None else f" trained with seed {seed}"
         made_as_asked = self._predictions_made_as_asked(out)
         if made_as_asked and all(p.is_file() and p.stat().st_mtime >= newest_checkpoint for p in outputs):
-            self.steps.skip(step, f"predict {model.name}{seeded}", f"{len(outputs)} test predictions exist")
+            self.steps.skip(step, f"predict {model.name}{seeded}", f"{len(outputs)} {what} predictions exist")
             return out
         if out.is_dir() and (not made_as_asked or any(p.is_file() and p.stat().st_mtime < newest_checkpoint
                                                       for p in outputs)):
             # made from other folds, other test-time settings or older checkpoints: never mix them with new ones
             shutil.rmtree(out)
-        argv = [executable("nnunet-poolskip"), "predict", "-i", str(raw / "imagesTs"), "-o", str(out),
+        argv = [executable("nnunet-poolskip"), "predict", "-i", str(images), "-o", str(out),
                 "-d", str(self.config.target.dataset_id), "-c", CONFIGURATION, "-tr", trainer,
                 "-p", self.config.plans, "-f", *map(str, self.settings.folds), "--device", self.settings.device,
                 "--continue"]
@@ -138,7 +149,7 @@ class Finish:
             argv.append("--disable-tta")
         if self.settings.cpu_autocast_mode()[0] != "off":
             argv += ["--cpu-autocast", self.settings.cpu_autocast_mode()[0]]
-        self.steps.run(step, f"predict {len(tests)} test cases with {model.name} (softmax average of folds "
+        self.steps.run(step, f"predict {len(tests)} {what} case(s) with {model.name} (softmax average of folds "
                              f"{' '.join(map(str, self.settings.folds))}{seeded})", argv, seed=seed)
         return out
 
