@@ -121,3 +121,18 @@ def test_benchmark_sets_the_variable_where_the_cpu_has_bf16(monkeypatch, tmp_pat
         assert CPU_AUTOCAST_VARIABLE not in env and paper.protocol_key()["cpu_autocast"] == "off"
     with pytest.raises(ValueError, match="--cpu-autocast must be one of off, bf16, auto"):
         resolve_settings("demo", cpu_autocast="fp16")
+
+
+def test_predict_continue_never_mixes_precisions(tmp_path):
+    """predict --continue: an output folder made in another precision is refused; one written before the key
+    existed counts as float32 (what it was made with)."""
+    import json
+
+    from nnunet_poolskip.commands.predict import _continue_problem
+
+    recorded = tmp_path / "predict_args.json"
+    settings = {"folds": [0, 1], "use_mirroring": False, "cpu_autocast": "bf16"}
+    recorded.write_text(json.dumps({"folds": [0, 1], "use_mirroring": False}))
+    problem = _continue_problem(tmp_path, recorded, settings, {}, ".nii.gz")
+    assert "cpu_autocast: 'off' then, 'bf16' now" in problem
+    assert _continue_problem(tmp_path, recorded, {**settings, "cpu_autocast": "off"}, {}, ".nii.gz") == ""
