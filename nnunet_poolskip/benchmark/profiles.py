@@ -166,12 +166,19 @@ class Settings(Profile):
         return argv
 
     def protocol_key(self) -> Dict:
-        """The settings that change what a trained fold is; a rerun must match them to resume."""
-        return {"device": self.device, "plans_preset": self.plans_preset, "epochs": self.epochs,
-                "iterations": self.iterations, "val_iterations": self.val_iterations,
-                "synthetic_cases": self.synthetic_cases, "synth_seed": self.synth_seed,
-                "synth_size": list(self.synth_size) if self.synth_size else None,
-                "phantom_anatomy": self.phantom_anatomy, "cpu_autocast": self.cpu_autocast_mode()[0]}
+        """The settings that change what a trained fold is; a rerun must match them to resume.
+
+        The phantom anatomy and the CPU precision appear only when they are not the standard / float32 that every
+        run had before they existed, so that a run started by an earlier version still resumes."""
+        key = {"device": self.device, "plans_preset": self.plans_preset, "epochs": self.epochs,
+               "iterations": self.iterations, "val_iterations": self.val_iterations,
+               "synthetic_cases": self.synthetic_cases, "synth_seed": self.synth_seed,
+               "synth_size": list(self.synth_size) if self.synth_size else None}
+        if self.phantom_anatomy != "standard":
+            key["phantom_anatomy"] = self.phantom_anatomy
+        if self.cpu_autocast_mode()[0] != "off":
+            key["cpu_autocast"] = self.cpu_autocast_mode()[0]
+        return key
 
 
 def resolve_settings(profile_name: str, **overrides) -> Settings:
