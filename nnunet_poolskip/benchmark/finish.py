@@ -90,7 +90,7 @@ class Finish:
         summaries = [self.model_summary(model, seed_summaries[model.name]) for model in complete]
         diagnosed = self.diagnose(complete)
         self.compare(complete, summaries, incomplete, seed_summaries, diagnosed)
-        if self.config.synthetic and self.config.target.kind == "btcv":  # the demo: from phantoms to a real scan
+        if self.settings.real_ct and self.config.target.kind == "btcv":  # the demo: from phantoms to a real scan
             from nnunet_poolskip.benchmark.real_ct import REAL_CT_MODELS, segment_real_ct
 
             segment_real_ct(self, [m for m in complete if m.name in REAL_CT_MODELS], self.steps.say,

@@ -43,6 +43,8 @@ class Profile:
         cpu_autocast: ``off``, ``bf16`` or ``auto`` (bf16 where the CPU computes bfloat16 natively): CPU bfloat16
             autocast for training (NNUNET_POOLSKIP_CPU_AUTOCAST) and prediction (predict --cpu-autocast); see
             :mod:`nnunet_poolskip.utilities.cpu_precision`. No effect on CUDA.
+        real_ct: BTCV runs: end by segmenting the real CT of the TotalSegmentator reference files with the nnU-Net
+            pair (:mod:`nnunet_poolskip.benchmark.real_ct`; skipped with a message where they were not fetched).
     """
 
     name: str
@@ -64,6 +66,7 @@ class Profile:
     parallel_trainings: int = 1
     phantom_anatomy: str = "standard"
     cpu_autocast: str = "off"
+    real_ct: bool = False
 
 
 DEMO_MODELS: Tuple[str, ...] = ("nnunet", "nnunet_poolskip")
@@ -95,7 +98,7 @@ PROFILES: Dict[str, Profile] = {
         device="cpu", plans_preset="cpu_demo", epochs=20, iterations=60, val_iterations=2,
         folds=(0, 1), models=DEMO_MODELS, synthetic_cases=30, synth_seed=0, synth_size=(24, 40, 40),
         preprocess_processes=2, cpu_training_env=True, test_time_mirroring=False, smoke=True,
-        parallel_trainings=2, phantom_anatomy="learnable", cpu_autocast="auto"),
+        parallel_trainings=2, phantom_anatomy="learnable", cpu_autocast="auto", real_ct=True),
 }
 
 
@@ -106,7 +109,7 @@ OVERRIDE_OPTIONS: Dict[str, str] = {
     "preprocess_processes": "--preprocess-processes",
     "test_time_mirroring": "--tta", "num_gpus": "--num-gpus", "seeds": "--seeds",
     "parallel_trainings": "--parallel-trainings", "phantom_anatomy": "--phantom-anatomy",
-    "cpu_autocast": "--cpu-autocast",
+    "cpu_autocast": "--cpu-autocast", "real_ct": "--real-ct",
 }
 """Settings field -> the benchmark's command-line option that overrides it (one source for the CLI and for
 the command lines written into SLURM scripts)."""
@@ -157,6 +160,8 @@ class Settings(Profile):
             option = OVERRIDE_OPTIONS[key]
             if key == "test_time_mirroring":
                 argv.append("--tta" if value else "--no-tta")
+            elif key == "real_ct":
+                argv.append("--real-ct" if value else "--no-real-ct")
             elif key in ("folds", "models", "synth_size", "seeds"):
                 argv += [option, *map(str, value)]
             elif key == "plans_preset" and value is None:

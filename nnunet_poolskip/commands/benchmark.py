@@ -84,6 +84,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tta.add_argument("--tta", dest="tta", action="store_true", default=None,
                      help=f"mirrored test-time inference ({_defaults('test_time_mirroring')})")
     tta.add_argument("--no-tta", dest="tta", action="store_false", help="no test-time mirroring")
+    real_ct = protocol.add_mutually_exclusive_group()
+    real_ct.add_argument("--real-ct", dest="real_ct", action="store_true", default=None,
+                         help=f"BTCV: end by segmenting a real CT (TotalSegmentator's example, fetched by set-up) with "
+                              f"the nnU-Net pair, beside TotalSegmentator's labels ({_defaults('real_ct')})")
+    real_ct.add_argument("--no-real-ct", dest="real_ct", action="store_false", help="no real-CT step")
     protocol.add_argument("--nsd-tolerances", help="evaluate --nsd-tolerances (default: 1 mm for every organ)")
 
     run = parser.add_argument_group("running")
@@ -129,7 +134,7 @@ def build_config(args: argparse.Namespace):
                      synth_seed=args.seed, synth_size=args.phantom_size, preprocess_processes=args.preprocess_processes,
                      test_time_mirroring=args.tta, num_gpus=args.num_gpus, seeds=args.seeds,
                      parallel_trainings=args.parallel_trainings, phantom_anatomy=args.phantom_anatomy,
-                     cpu_autocast=args.cpu_autocast,
+                     cpu_autocast=args.cpu_autocast, real_ct=args.real_ct,
                      models=[m.name for m in models] if models else None)
     settings = resolve_settings(args.profile, **overrides)
     if plans_preset is not None:
