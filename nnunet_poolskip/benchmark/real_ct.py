@@ -87,6 +87,7 @@ def segment_real_ct(finish, models: Sequence, say: Callable[[str], None], seed: 
     """
     import SimpleITK as sitk
 
+    from nnunet_poolskip.evaluation.overlays import read_oriented
     from nnunet_poolskip.utilities.real_ct import RealCTError, reference_files
 
     if reference_folder is None:
@@ -110,18 +111,18 @@ def segment_real_ct(finish, models: Sequence, say: Callable[[str], None], seed: 
         with atomic_path(image_file) as tmp:
             shutil.copyfile(reference_folder / REAL_CT_IMAGE, tmp)
     reference_image = sitk.ReadImage(str(reference_folder / REAL_CT_LABELS))
-    reference = btcv_from_totalsegmentator(sitk.GetArrayFromImage(reference_image))
-    mapped = sitk.GetImageFromArray(reference)
+    mapped = sitk.GetImageFromArray(btcv_from_totalsegmentator(sitk.GetArrayFromImage(reference_image)))
     mapped.CopyInformation(reference_image)
     with atomic_path(folder / "reference_btcv.nii.gz") as tmp:
         sitk.WriteImage(mapped, str(tmp), useCompression=True)
+    # every array in display orientation (LPS: row 0 anterior, column 0 the patient's right), the same for all
+    reference, spacing, _ = read_oriented(folder / "reference_btcv.nii.gz")
     labels = sorted(TOTALSEGMENTATOR_TO_BTCV.values())
     predictions: Dict[str, np.ndarray] = {}
     dice: Dict[str, Dict[str, Optional[float]]] = {}
     for model in models:
         out = finish.predict_images(model, seed, images, folder / model.name, f"real_ct/{model.name}", "real-CT")
-        predicted = sitk.ReadImage(str(out / f"{REAL_CT_CASE}.nii.gz"))
-        predictions[model.display] = sitk.GetArrayFromImage(predicted)
+        predictions[model.display] = read_oriented(out / f"{REAL_CT_CASE}.nii.gz")[0]
         dice[model.display] = organ_dice(reference, predictions[model.display], labels)
     names = _btcv_names()
     write_json_atomic({"image": str(reference_folder / REAL_CT_IMAGE),
@@ -137,8 +138,7 @@ def segment_real_ct(finish, models: Sequence, say: Callable[[str], None], seed: 
         say(f"   real CT, {name}: foreground Dice {'n/a' if fg is None else f'{fg:.3f}'} against TotalSegmentator's "
             f"labels; organs found: {', '.join(found) or 'none'}")
     figure = folder / "real_ct.png"
-    image = sitk.GetArrayFromImage(sitk.ReadImage(str(image_file)))
-    plot_real_ct(image, reference, predictions, dice, names, figure, reference_image.GetSpacing())
+    plot_real_ct(read_oriented(image_file)[0], reference, predictions, dice, names, figure, spacing)
     say(f"   real CT figure: {figure}")
     return figure
 
@@ -154,7 +154,8 @@ def plot_real_ct(image: np.ndarray, reference: np.ndarray, predictions: Mapping[
                  spacing_xyz: Sequence[float]) -> None:
     """One row per view (axial slice through the most labelled organ voxels, coronal slice through the CT's middle):
     the CT, TotalSegmentator's labels (a model's output), and each model's segmentation; a per-organ Dice table under
-    it. Arrays are (z, y, x) of the same grid, ``spacing_xyz`` in mm."""
+    it. Arrays are (z, y, x) of the same grid in LPS display orientation (row 0 anterior, column 0 the patient's
+    right, z up), ``spacing_xyz`` in mm."""
     from matplotlib.patches import Patch
 
     from nnunet_poolskip.evaluation.overlays import CT_WINDOW_HU, OVERLAY_ALPHA, _rgba, label_colours
@@ -168,8 +169,8 @@ def plot_real_ct(image: np.ndarray, reference: np.ndarray, predictions: Mapping[
              ("coronal", lambda a: a[::-1, y, :], spacing_xyz[2] / spacing_xyz[0], f"coronal row {y}")]
     panels = [("CT", None), ("TotalSegmentator (a model's output,\nnot ground truth)", reference)]
     panels += [(f"{name}\nforeground Dice {_percent(dice[name]['foreground'])}", p) for name, p in predictions.items()]
-    figure = new_figure(3.3 * len(panels), 2 * 3.0 + 3.2)
-    grid = figure.add_gridspec(3, len(panels), height_ratios=[1, 0.5, 1.1])
+    figure = new_figure(3.3 * len(panels), 8.2)
+    grid = figure.add_gridspec(3, len(panels), height_ratios=[1, 0.4, 0.95])
     for row, (_, cut, aspect, where) in enumerate(views):
         for column, (title, labels_map) in enumerate(panels):
             ax = figure.add_subplot(grid[row, column])
@@ -180,10 +181,14 @@ def plot_real_ct(image: np.ndarray, reference: np.ndarray, predictions: Mapping[
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"{title}\n{where}" if row == 0 else where, fontsize=8)
+            if column == 0:
+                for x, y_, letter in ((0.02, 0.5, "R"), (0.98, 0.5, "L")):
+                    ax.text(x, y_, letter, transform=ax.transAxes, color="yellow", fontsize=8, fontweight="bold",
+                            ha="left" if x < 0.5 else "right", va="center")
     table_ax = figure.add_subplot(grid[2, :])
     table_ax.axis("off")
     rows = [[f"{k} {names[k]}", *[_percent(dice[m][str(k)]) for m in predictions]] for k in sorted(names)]
-    table = table_ax.table(cellText=rows, colLabels=["organ (Dice against TotalSegmentator)", *predictions],
+    table = table_ax.table(cellText=rows, colLabels=["organ: Dice against TotalSegmentator (n/a: in neither)", *predictions],
                            loc="upper center", cellLoc="center")
     table.auto_set_font_size(False)
     table.set_fontsize(7)
