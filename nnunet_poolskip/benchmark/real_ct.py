@@ -188,8 +188,8 @@ def plot_real_ct(image: np.ndarray, reference: np.ndarray, predictions: Mapping[
     table_ax = figure.add_subplot(grid[2, :])
     table_ax.axis("off")
     rows = [[f"{k} {names[k]}", *[_percent(dice[m][str(k)]) for m in predictions]] for k in sorted(names)]
-    table = table_ax.table(cellText=rows, colLabels=["organ: Dice against TotalSegmentator (n/a: in neither)", *predictions],
-                           loc="upper center", cellLoc="center")
+    header = ["organ: Dice against TotalSegmentator (n/a: in neither)", *predictions]
+    table = table_ax.table(cellText=rows, colLabels=header, loc="upper center", cellLoc="center")
     table.auto_set_font_size(False)
     table.set_fontsize(7)
     table.scale(1, 0.9)
