@@ -110,6 +110,11 @@ class Finish:
         protocol = protocols[0]
         self.compare(complete, scored[protocol][0], incomplete, scored[protocol][1], diagnosed, protocol=protocol,
                      appended=appended)
+        if self.settings.real_ct and self.config.target.kind == "btcv":  # the demo: from phantoms to a real scan
+            from nnunet_poolskip.benchmark.real_ct import REAL_CT_MODELS, segment_real_ct
+
+            segment_real_ct(self, [m for m in complete if m.name in REAL_CT_MODELS], self.steps.say,
+                            seed=self.settings.run_seeds[0])
         return "incomplete" if incomplete else "complete"
 
     def model_folder(self, model: Model, seed: Optional[int]) -> Path:
@@ -134,30 +139,38 @@ class Finish:
         return [self.model_folder(model, seed) / f"fold_{f}" / FINAL_CHECKPOINT for f in self.settings.folds]
 
     def predict(self, model: Model, seed: Optional[int] = None) -> Path:
-        trainer = model.trainer_for(self.config.target.kind)
         raw = self.config.raw_folder()
-        ending = file_ending(raw)
-        tests = case_ids(raw / "imagesTs", ending)
-        out = self.predictions_folder(model, seed)
+        return self.predict_images(model, seed, raw / "imagesTs", self.predictions_folder(model, seed),
+                                   self._step("predict", model, seed), "test")
+
+    def predict_images(self, model: Model, seed: Optional[int], images: Path, out: Path, step: str,
+                       what: str) -> Path:
+        """``nnunet-poolskip predict`` of every case in ``images`` (an nnU-Net-style folder) into ``out`` with the
+        model's fold ensemble, as this run's settings say; skipped when ``out`` already holds them, made so and newer
+        than the checkpoints. ``what`` names the cases in the log (``test``)."""
+        trainer = model.trainer_for(self.config.target.kind)
+        ending = file_ending(self.config.raw_folder())
+        tests = case_ids(images, ending)
         newest_checkpoint = max(c.stat().st_mtime for c in self.checkpoints(model, seed))
         outputs = [out / f"{c}{ending}" for c in tests]
-        step = self._step("predict", model, seed)
         seeded = "" if seed is None else f" trained with seed {seed}"
         made_as_asked = self._predictions_made_as_asked(out)
         if made_as_asked and all(p.is_file() and p.stat().st_mtime >= newest_checkpoint for p in outputs):
-            self.steps.skip(step, f"predict {model.name}{seeded}", f"{len(outputs)} test predictions exist")
+            self.steps.skip(step, f"predict {model.name}{seeded}", f"{len(outputs)} {what} predictions exist")
             return out
         if out.is_dir() and (not made_as_asked or any(p.is_file() and p.stat().st_mtime < newest_checkpoint
                                                       for p in outputs)):
             # made from other folds, other test-time settings or older checkpoints: never mix them with new ones
             shutil.rmtree(out)
-        argv = [executable("nnunet-poolskip"), "predict", "-i", str(raw / "imagesTs"), "-o", str(out),
+        argv = [executable("nnunet-poolskip"), "predict", "-i", str(images), "-o", str(out),
                 "-d", str(self.config.target.dataset_id), "-c", self.config.configuration, "-tr", trainer,
                 "-p", self.config.plans_for(model), "-f", *map(str, self.settings.folds),
                 "--device", self.settings.device, "--continue"]
         if not self.settings.test_time_mirroring:
             argv.append("--disable-tta")
-        self.steps.run(step, f"predict {len(tests)} test cases with {model.name} (softmax average of folds "
+        if self.settings.cpu_autocast_mode()[0] != "off":
+            argv += ["--cpu-autocast", self.settings.cpu_autocast_mode()[0]]
+        self.steps.run(step, f"predict {len(tests)} {what} case(s) with {model.name} (softmax average of folds "
                              f"{' '.join(map(str, self.settings.folds))}{seeded})", argv, seed=seed)
         return out
 
@@ -169,6 +182,7 @@ class Finish:
         recorded = json.loads(args_file.read_text())
         return ([int(f) for f in recorded.get("folds", [])] == list(self.settings.folds)
                 and recorded.get("use_mirroring") == self.settings.test_time_mirroring
+                and recorded.get("cpu_autocast", "off") == self.settings.cpu_autocast_mode()[0]
                 and "cases" in recorded)  # earlier versions recorded no cases: predict cannot resume those
 
     def summary_file(self, model: Model, seed: Optional[int] = None, protocol: str = "test") -> Path:

@@ -126,6 +126,7 @@ class Preparation:
                 "--cases", str(self.settings.synthetic_cases), "--seed", str(self.settings.synth_seed), "--quiet"]
         if self.settings.synth_size:
             argv += ["--size", *map(str, self.settings.synth_size)]
+        argv += ["--anatomy", self.settings.phantom_anatomy]
         if self._synthetic_complete(folder):
             self.steps.skip("synth", "synthetic phantoms", f"already in {folder}")
         else:

@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Tuple
 
 from nnunet_poolskip.benchmark.protocol import CONFIGURATION, PAPER_FOLDS, PAPER_MODELS
 from nnunet_poolskip.training.schedule import MAX_SEED
+from nnunet_poolskip.utilities.cpu_precision import CPU_AUTOCAST_CHOICES, resolve_cpu_autocast
 
 
 @dataclass
@@ -37,6 +38,13 @@ class Profile:
         parallel_trainings: trainings run at the same time on this machine, each with CPU count / this many
             torch threads (``device cpu`` only: on a small CPU two one-thread trainings do more work than one
             two-thread training; GPU runs train one fold at a time, or use --emit slurm).
+        phantom_anatomy: organ sizes of the synthetic phantoms (``synth --anatomy``: ``standard`` BTCV-like, or
+            ``learnable``, the small organs grown for short CPU runs).
+        cpu_autocast: ``off``, ``bf16`` or ``auto`` (bf16 where the CPU computes bfloat16 natively): CPU bfloat16
+            autocast for training (NNUNET_POOLSKIP_CPU_AUTOCAST) and prediction (predict --cpu-autocast); see
+            :mod:`nnunet_poolskip.utilities.cpu_precision`. No effect on CUDA.
+        real_ct: BTCV runs: end by segmenting the real CT of the TotalSegmentator reference files with the nnU-Net
+            pair (:mod:`nnunet_poolskip.benchmark.real_ct`; skipped with a message where they were not fetched).
     """
 
     name: str
@@ -56,7 +64,13 @@ class Profile:
     test_time_mirroring: bool
     smoke: bool
     parallel_trainings: int = 1
+    phantom_anatomy: str = "standard"
+    cpu_autocast: str = "off"
+    real_ct: bool = False
 
+
+DEMO_MODELS: Tuple[str, ...] = ("nnunet", "nnunet_poolskip")
+"""The default demo's models: the headline pair (the V-Net pair: ``--models`` with all four, README)."""
 
 PROFILES: Dict[str, Profile] = {
     "paper": Profile(
@@ -68,20 +82,24 @@ PROFILES: Dict[str, Profile] = {
         preprocess_processes=None, cpu_training_env=False, test_time_mirroring=True, smoke=False),
     "demo": Profile(
         name="demo",
-        description="smoke-scale run on synthetic BTCV-like phantoms on the CPU: CPU-sized plans, a short "
-                    "schedule, fewer folds; it shows the pipeline works and the models learn, it does NOT "
+        description="smoke-scale run on synthetic BTCV-like phantoms on the CPU: the nnU-Net pair, CPU-sized plans, "
+                    "a short schedule, fewer folds; it shows the pipeline works and the models learn, it does NOT "
                     "reproduce the paper",
-        # sized for 15 minutes on 2 CPU cores (measured: benchmarks/RESULTS.md): nnU-Net's SGD needs hundreds of
-        # iterations before it predicts any organ, so iterations are what the budget buys; small patches make
+        # sized for 15 minutes on 2 CPU cores (measured and estimated: benchmarks/RESULTS.md): nnU-Net's SGD needs
+        # thousands of iterations before it finds the small organs, so iterations are what the budget buys: the
+        # default demo trains the headline pair only (nnU-Net, nnU-Net + Pool Skip; the V-Net pair is one option
+        # away, README), 20 x 60 iterations, in bfloat16 where the CPU has it (auto: CPU flags,
+        # utilities/cpu_precision.py); the learnable phantom anatomy (--phantom-anatomy) did not learn more in a
+        # 600-iteration probe, so the demo keeps the standard one; small patches make
         # them cheap (plans/cpu_demo.json), a coarse phantom grid makes the sliding-window inference cheap,
         # two one-thread trainings at a time do more work on 2 cores than one two-thread training, and the
         # final validation is not mirrored (as the test predictions: test_time_mirroring=False). On such small
         # tiles, a batch-1 inference runs PyTorch's slow non-oneDNN conv3d path (about 7x a training sample's
         # cost), which is why validation and prediction weigh so much here.
-        device="cpu", plans_preset="cpu_demo", epochs=8, iterations=60, val_iterations=2,
-        folds=(0, 1), models=PAPER_MODELS, synthetic_cases=30, synth_seed=0, synth_size=(24, 40, 40),
+        device="cpu", plans_preset="cpu_demo", epochs=20, iterations=60, val_iterations=2,
+        folds=(0, 1), models=DEMO_MODELS, synthetic_cases=30, synth_seed=0, synth_size=(24, 40, 40),
         preprocess_processes=2, cpu_training_env=True, test_time_mirroring=False, smoke=True,
-        parallel_trainings=2),
+        parallel_trainings=2, cpu_autocast="auto", real_ct=True),
 }
 
 
@@ -92,6 +110,7 @@ OVERRIDE_OPTIONS: Dict[str, str] = {
     "preprocess_processes": "--preprocess-processes",
     "test_time_mirroring": "--tta", "num_gpus": "--num-gpus", "seeds": "--seeds",
     "parallel_trainings": "--parallel-trainings", "configuration": "--configuration",
+    "phantom_anatomy": "--phantom-anatomy", "cpu_autocast": "--cpu-autocast", "real_ct": "--real-ct",
 }
 """Settings field -> the benchmark's command-line option that overrides it (one source for the CLI and for
 the command lines written into SLURM scripts)."""
@@ -132,6 +151,10 @@ class Settings(Profile):
         """The seed of every run of a model x fold: ``seeds``, or ``(None,)`` for one unseeded run."""
         return self.seeds if self.seeds else (None,)
 
+    def cpu_autocast_mode(self) -> Tuple[str, str]:
+        """(``bf16`` or ``off``, why): ``cpu_autocast`` resolved for this device and this machine's CPU."""
+        return resolve_cpu_autocast(self.cpu_autocast, self.device)
+
     def override_arguments(self) -> List[str]:
         """The command-line options that turn the profile into these settings (for emitted job scripts)."""
         argv: List[str] = []
@@ -140,6 +163,8 @@ class Settings(Profile):
             option = OVERRIDE_OPTIONS[key]
             if key == "test_time_mirroring":
                 argv.append("--tta" if value else "--no-tta")
+            elif key == "real_ct":
+                argv.append("--real-ct" if value else "--no-real-ct")
             elif key in ("folds", "models", "synth_size", "seeds"):
                 argv += [option, *map(str, value)]
             elif key == "plans_preset" and value is None:
@@ -149,12 +174,20 @@ class Settings(Profile):
         return argv
 
     def protocol_key(self) -> Dict:
-        """The settings that change what a trained fold is; a rerun must match them to resume."""
-        return {"device": self.device, "plans_preset": self.plans_preset, "epochs": self.epochs,
-                "iterations": self.iterations, "val_iterations": self.val_iterations,
-                "synthetic_cases": self.synthetic_cases, "synth_seed": self.synth_seed,
-                "synth_size": list(self.synth_size) if self.synth_size else None,
-                "configuration": self.configuration}
+        """The settings that change what a trained fold is; a rerun must match them to resume.
+
+        The phantom anatomy and the CPU precision appear only when they are not the standard / float32 that every
+        run had before they existed, so that a run started by an earlier version still resumes."""
+        key = {"device": self.device, "plans_preset": self.plans_preset, "epochs": self.epochs,
+               "iterations": self.iterations, "val_iterations": self.val_iterations,
+               "synthetic_cases": self.synthetic_cases, "synth_seed": self.synth_seed,
+               "synth_size": list(self.synth_size) if self.synth_size else None,
+               "configuration": self.configuration}
+        if self.phantom_anatomy != "standard":
+            key["phantom_anatomy"] = self.phantom_anatomy
+        if self.cpu_autocast_mode()[0] != "off":
+            key["cpu_autocast"] = self.cpu_autocast_mode()[0]
+        return key
 
 
 def resolve_settings(profile_name: str, **overrides) -> Settings:
@@ -199,6 +232,14 @@ def _check(settings: Settings) -> None:
             raise ValueError("--seeds is empty")
         if len(set(settings.seeds)) != len(settings.seeds) or not all(0 <= s <= MAX_SEED for s in settings.seeds):
             raise ValueError(f"--seeds must be distinct integers from 0 to {MAX_SEED}, got {list(settings.seeds)}")
+    if settings.cpu_autocast not in CPU_AUTOCAST_CHOICES:
+        raise ValueError(f"--cpu-autocast must be one of {', '.join(CPU_AUTOCAST_CHOICES)}, got "
+                         f"{settings.cpu_autocast!r}")
+    from nnunet_poolskip.dataset_conversion.phantoms import ANATOMY_SCALES
+
+    if settings.phantom_anatomy not in ANATOMY_SCALES:
+        raise ValueError(f"--phantom-anatomy must be one of {', '.join(sorted(ANATOMY_SCALES))}, got "
+                         f"{settings.phantom_anatomy!r}")
     if settings.device not in ("cuda", "cpu"):
         raise ValueError(f"--device must be cuda or cpu, got {settings.device!r}")
     if settings.num_gpus < 1:

@@ -125,6 +125,19 @@ def foreground_sentence(rows: Sequence[Mapping], cases: str = "test case") -> st
             + (f", the others {total}" if len(fewer) < len(rows) else ""))
 
 
+def phantom_anatomy_text(anatomy: str) -> str:
+    """How the table names a phantom anatomy (``synth --anatomy``)."""
+    return ("learnable anatomy: the small organs grown about BTCV-like positions for short CPU runs, not BTCV's sizes"
+            if anatomy == "learnable" else f"{anatomy} anatomy")
+
+
+def precision_text(record: Mapping, settings) -> str:
+    """The CPU precision a run used (run.json's ``cpu_autocast``, else the settings resolved here)."""
+    mode = record.get("cpu_autocast", {}).get("mode") or settings.cpu_autocast_mode()[0]
+    return ("bfloat16 autocast in training and prediction" if mode == "bf16"
+            else "float32 (no CPU autocast)") + f" (--cpu-autocast {settings.cpu_autocast})"
+
+
 def protocol_lines(config, record: Mapping, incomplete: Mapping[str, List[str]], protocol: str = "test",
                    n_cases: int = 0) -> List[str]:
     """The banner: smoke/synthetic warning, deviations from the paper's protocol, run status, set-up.
@@ -158,7 +171,7 @@ def protocol_lines(config, record: Mapping, incomplete: Mapping[str, List[str]],
         deviations.append("no test-time mirroring" + ("" if protocol == "test" else " (unmirrored final validation)"))
     if config.synthetic:
         deviations.append(f"{s.synthetic_cases} synthetic {config.target.kind.upper()}-like phantoms (seed "
-                          f"{s.synth_seed}) instead of the real data")
+                          f"{s.synth_seed}, {phantom_anatomy_text(s.phantom_anatomy)}) instead of the real data")
     if incomplete:
         lines.append("**INCOMPLETE RUN.** Left out of the table because their training did not finish: "
                      + "; ".join(f"{m} ({', '.join(v)})" for m, v in incomplete.items()) + ".")
@@ -178,7 +191,8 @@ def protocol_lines(config, record: Mapping, incomplete: Mapping[str, List[str]],
     ds = record.get("dataset", {})
     lines.append(f"Data: {ds.get('name', config.target.label)}, {ds.get('n_train_val', '?')} train+val cases "
                  f"(cross-validation folds {' '.join(map(str, s.folds))}), {len(ds.get('test_cases', []))} held-out "
-                 f"test cases. Device {s.device}" + (f", {s.num_gpus} GPUs (DDP)" if s.num_gpus > 1 else "") + ".")
+                 f"test cases. Device {s.device}" + (f", {s.num_gpus} GPUs (DDP)" if s.num_gpus > 1 else "")
+                 + (f", {precision_text(record, s)}" if s.device == "cpu" else "") + ".")
     lines.append("Trainers: " + ", ".join(f"{m.display} = `{m.trainer_for(config.target.kind)}`"
                                           for m in config.models) + ". Details: run.json.")
     return lines

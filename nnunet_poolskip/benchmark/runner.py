@@ -26,6 +26,7 @@ from nnunet_poolskip.benchmark.runinfo import RunRecord
 from nnunet_poolskip.benchmark.steps import StepFailed, Steps
 from nnunet_poolskip.benchmark.train import Training
 from nnunet_poolskip.training.schedule import SEED_VARIABLE
+from nnunet_poolskip.utilities.cpu_precision import CPU_AUTOCAST_VARIABLE
 
 
 def _raise_keyboard_interrupt(signum, frame):
@@ -238,6 +239,8 @@ class BenchmarkRunner:
                       if s.seeds else None},
             "configuration": s.configuration,
             "protocol": self.config.resolved_protocol(),
+            "cpu_autocast": dict(zip(("mode", "reason"), s.cpu_autocast_mode()), requested=s.cpu_autocast,
+                                 variable=CPU_AUTOCAST_VARIABLE),
         }
 
     def _print_header(self) -> None:
@@ -253,6 +256,8 @@ class BenchmarkRunner:
                                         else " (chosen: the data set has a held-out test set)")
         self.say(f"  protocol: {protocol}{chosen}; configuration {c.configuration}"
                  + ("; --protocol cv|test|both to choose" if not c.protocol else ""))
+        if s.device == "cpu":
+            self.say(f"  precision: {s.cpu_autocast_mode()[1]}")
         folders = self.ws.raw.parent if self.ws.raw.parent == self.ws.results.parent else self.ws.variables()
         self.say(f"  output: {c.output}   nnU-Net folders: {folders}")
         if not c.verbose:

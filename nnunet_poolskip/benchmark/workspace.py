@@ -17,6 +17,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 from nnunet_poolskip.benchmark.profiles import Settings
 from nnunet_poolskip.benchmark.protocol import DATASET_KINDS
 from nnunet_poolskip.training.schedule import SCHEDULE_VARIABLES, SEED_VARIABLE, VALIDATION_MIRRORING_VARIABLE
+from nnunet_poolskip.utilities.cpu_precision import CPU_AUTOCAST_VARIABLE
 
 NNUNET_FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 SCHEDULE_FIELDS = {"num_epochs": "epochs", "num_iterations_per_epoch": "iterations",
@@ -125,7 +126,7 @@ def executable(name: str) -> str:
     return str(candidate) if candidate.exists() else (shutil.which(name) or name)
 
 
-RUN_VARIABLES = (*SCHEDULE_VARIABLES, SEED_VARIABLE, VALIDATION_MIRRORING_VARIABLE)
+RUN_VARIABLES = (*SCHEDULE_VARIABLES, SEED_VARIABLE, VALIDATION_MIRRORING_VARIABLE, CPU_AUTOCAST_VARIABLE)
 """The variables that change what a training run does: never inherited from the caller's environment."""
 
 
@@ -172,6 +173,8 @@ def step_environment(base: Mapping[str, str], workspace: Workspace, settings: Se
             added[SEED_VARIABLE] = str(seed)
         if not settings.test_time_mirroring:
             added[VALIDATION_MIRRORING_VARIABLE] = "0"
+        if settings.cpu_autocast_mode()[0] != "off":
+            added[CPU_AUTOCAST_VARIABLE] = settings.cpu_autocast_mode()[0]
     if purpose == "plan" and env.get("nnUNet_n_proc_DA") == "0":
         del env["nnUNet_n_proc_DA"]
     env.update(added)

@@ -29,7 +29,8 @@ def _defaults(field: str, unset: str = "nnU-Net's default") -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from nnunet_poolskip.benchmark.protocol import CONFIGURATIONS, PROTOCOLS
-    from nnunet_poolskip.dataset_conversion.phantoms import DEFAULT_SIZE
+    from nnunet_poolskip.dataset_conversion.phantoms import ANATOMY_SCALES, DEFAULT_SIZE
+    from nnunet_poolskip.utilities.cpu_precision import CPU_AUTOCAST_CHOICES
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="btcv",
@@ -82,12 +83,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     protocol.add_argument("--phantom-size", type=int, nargs=3, metavar=("Z", "Y", "X"),
                           help=f"nominal voxel grid of the synthetic phantoms "
                                f"({_defaults('synth_size', ' '.join(map(str, DEFAULT_SIZE)) + ', synth')})")
+    protocol.add_argument("--phantom-anatomy", choices=sorted(ANATOMY_SCALES),
+                          help=f"organ sizes of the synthetic phantoms: standard (BTCV-like) or learnable (the small "
+                               f"organs grown so that a short CPU run sees them) ({_defaults('phantom_anatomy')})")
+    protocol.add_argument("--cpu-autocast", choices=CPU_AUTOCAST_CHOICES,
+                          help=f"CPU bfloat16 autocast for training and prediction; auto: bf16 where the CPU has "
+                               f"avx512_bf16 or amx_bf16, else off; no effect on CUDA ({_defaults('cpu_autocast')})")
     protocol.add_argument("--preprocess-processes", type=int,
                           help=f"nnUNetv2_plan_and_preprocess -np and -npfp ({_defaults('preprocess_processes')})")
     tta = protocol.add_mutually_exclusive_group()
     tta.add_argument("--tta", dest="tta", action="store_true", default=None,
                      help=f"mirrored test-time inference ({_defaults('test_time_mirroring')})")
     tta.add_argument("--no-tta", dest="tta", action="store_false", help="no test-time mirroring")
+    real_ct = protocol.add_mutually_exclusive_group()
+    real_ct.add_argument("--real-ct", dest="real_ct", action="store_true", default=None,
+                         help=f"BTCV: end by segmenting a real CT (TotalSegmentator's example, fetched by set-up) with "
+                              f"the nnU-Net pair, beside TotalSegmentator's labels ({_defaults('real_ct')})")
+    real_ct.add_argument("--no-real-ct", dest="real_ct", action="store_false", help="no real-CT step")
     protocol.add_argument("--nsd-tolerances", help="evaluate --nsd-tolerances (default: 1 mm for every organ)")
 
     run = parser.add_argument_group("running")
@@ -133,6 +145,7 @@ def build_config(args: argparse.Namespace):
                      synth_seed=args.seed, synth_size=args.phantom_size, preprocess_processes=args.preprocess_processes,
                      test_time_mirroring=args.tta, num_gpus=args.num_gpus, seeds=args.seeds,
                      parallel_trainings=args.parallel_trainings, configuration=args.configuration,
+                     phantom_anatomy=args.phantom_anatomy, cpu_autocast=args.cpu_autocast, real_ct=args.real_ct,
                      models=[m.name for m in models] if models else None)
     settings = resolve_settings(args.profile, **overrides)
     if plans_preset is not None:

@@ -57,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no test-time mirroring (faster, slightly less accurate; nnU-Net's --disable_tta)")
     parser.add_argument("--step-size", "-step_size", type=float, default=0.5,
                         help="sliding-window step as a fraction of the patch size (default 0.5, nnU-Net's)")
+    parser.add_argument("--cpu-autocast", choices=("off", "bf16", "auto"), default="off",
+                        help="--device cpu: run the network's forward passes under bfloat16 autocast (bf16), or "
+                             "only where the CPU computes bfloat16 natively (auto: avx512_bf16 or amx_bf16 in "
+                             "/proc/cpuinfo); default off (float32, as nnU-Net on the CPU); no effect on CUDA")
     parser.add_argument("--verbose", action="store_true", help="nnU-Net's verbose output")
 
 
@@ -88,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         parse_folds,
     )
     from nnunet_poolskip.utilities.atomic import OutputPathError, check_output_path
+    from nnunet_poolskip.utilities.cpu_precision import resolve_cpu_autocast
 
     prefix = "nnunet-poolskip predict: error:"
     resolved = None
@@ -112,12 +117,13 @@ def run(args: argparse.Namespace) -> int:
         cases = {name: case.files for name, case in resolved.cases.items()}
         file_ending = next(iter(resolved.cases.values())).output_ending  # of the label maps written
         device = _resolve_device(args.device)
+        cpu_autocast, autocast_reason = resolve_cpu_autocast(args.cpu_autocast, device)
         from nnunet_poolskip.training.discovery import find_trainer_class
 
         find_trainer_class(args.trainer)  # nnU-Net looks the class up by name: fail early with the env hint
         settings = {"model_folder": str(model_folder), "folds": folds, "checkpoint": args.checkpoint,
                     "ensemble": AVERAGES[args.average], "use_mirroring": not args.disable_tta,
-                    "tile_step_size": args.step_size, "output_type": args.output_type}
+                    "tile_step_size": args.step_size, "output_type": args.output_type, "cpu_autocast": cpu_autocast}
         folder = OutputFolder(Path(args.output), settings, mode)
         todo_cases = folder.plan(list(cases), file_ending, args.save_probabilities)  # writes nothing
         # every fold against the model folder, and the images against the model's spacing: before any preprocessing
@@ -130,13 +136,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"{prefix} {error}", file=sys.stderr)
         return 2
     try:
-        return _predict(args, prefix, model_folder, folds, device, cases, todo_cases, file_ending, resolved, folder)
+        if args.cpu_autocast != "off" or cpu_autocast != "off":
+            print(f"precision: {autocast_reason}")
+        return _predict(args, prefix, model_folder, folds, device, cases, todo_cases, file_ending, resolved, folder,
+                        cpu_autocast)
     finally:
         resolved.close()  # the temporary images of DICOM series
 
 
 def _predict(args, prefix: str, model_folder, folds, device: str, cases: dict, todo_cases: list, file_ending: str,
-             resolved, folder) -> int:
+             resolved, folder, cpu_autocast: str = "off") -> int:
     from pathlib import Path
 
     from tqdm import tqdm
@@ -158,7 +167,7 @@ def _predict(args, prefix: str, model_folder, folds, device: str, cases: dict, t
     try:  # loads every fold's checkpoint: a broken one is named here, before anything is written
         ensemble = SoftmaxFoldEnsemble(model_folder, folds, args.checkpoint, device=device,
                                        use_mirroring=not args.disable_tta, tile_step_size=args.step_size,
-                                       average=args.average, verbose=args.verbose)
+                                       average=args.average, verbose=args.verbose, cpu_autocast=cpu_autocast)
     except PredictionInputError as error:
         print(f"{prefix} {error}", file=sys.stderr)
         return 2

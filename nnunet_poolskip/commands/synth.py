@@ -9,6 +9,8 @@ HELP = "write synthetic abdominal phantoms in the raw download layout of BTCV or
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from nnunet_poolskip.dataset_conversion.phantoms import ANATOMY_SCALES, DEFAULT_ANATOMY
+
     parser.add_argument("--kind", required=True, choices=("btcv", "amos"), help="which download layout to imitate")
     parser.add_argument("-o", "--output", required=True,
                         help="output folder (absent or empty); BTCV: OUT/RawData/Training/..., AMOS: OUT/imagesTr/...")
@@ -23,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="amos only: how many of the cases are MRI (numbers from 501; default cases // 6)")
     parser.add_argument("--unlabelled", type=int, default=0,
                         help="also write this many unlabelled test images (BTCV RawData/Testing/img, AMOS imagesTs)")
+    parser.add_argument("--anatomy", choices=sorted(ANATOMY_SCALES), default=DEFAULT_ANATOMY,
+                        help="organ sizes: standard (BTCV-like, the default) or learnable (the small organs grown "
+                             "about the same centres so that a short CPU training sees them: the demo's phantoms)")
     parser.add_argument("--overwrite", action="store_true", help="replace phantoms written earlier into the folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -33,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         ids = write_phantoms(args.kind, args.output, cases=args.cases, seed=args.seed,
                              size=tuple(args.size) if args.size else DEFAULT_SIZE, mri_cases=args.mri_cases,
-                             unlabelled=args.unlabelled, overwrite=args.overwrite, progress=not args.quiet)
+                             unlabelled=args.unlabelled, overwrite=args.overwrite, progress=not args.quiet,
+                             anatomy=args.anatomy)
     except ValueError as error:
         print(f"nnunet-poolskip synth: error: {error}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ Everything is determined by (seed, kind, case number): a case does not change wh
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -63,6 +64,18 @@ BODY_SEMI_AXES_MM = (125.0, 95.0)  # left-right, anterior-posterior
 MIN_ORGAN_VOXELS = 8  # at DEFAULT_SIZE; scaled with the voxel count for other sizes (at least 1)
 MAX_ATTEMPTS = 6
 _KIND_CODE = {"btcv": 1, "amos": 2}
+
+ANATOMY_SCALES: Dict[str, Dict[str, float]] = {
+    "standard": {},
+    # the small organs grown about the same centres (ellipsoid semi-axes, tube radii times the factor), so that at
+    # the demo's coarse grid (about 7.5 mm in-plane, 11 mm slices) each is several voxels across and a short CPU
+    # training can see it; the same 13 labels, positions and intensities, painted in the same priority order
+    "learnable": {"right adrenal gland": 2.0, "left adrenal gland": 2.0, "portal and splenic veins": 2.0,
+                  "esophagus": 1.8, "gallbladder": 1.5, "aorta": 1.4, "inferior vena cava": 1.4, "pancreas": 1.3},
+}
+"""Phantom anatomies (``synth --anatomy``): organ name -> size factor; organs not named keep their size.
+``standard`` is the BTCV-like anatomy; ``learnable`` is made for short CPU runs (the demo) and is not BTCV-sized."""
+DEFAULT_ANATOMY = "standard"
 
 Point = Tuple[float, float, float]
 
@@ -268,10 +281,19 @@ def _level(structure: Structure, grid: _Grid, rng: np.random.Generator, deform: 
     return box, level.astype(np.float32)
 
 
-def _organ_list(kind: str, rng: np.random.Generator) -> List[Tuple[int, Structure]]:
-    """(label value, structure) of every organ of ``kind`` in painting priority."""
+def _scaled(structure: Structure, factor: float) -> Structure:
+    """``structure`` grown by ``factor`` about its own centres (semi-axes and tube radius; centres unchanged)."""
+    if factor == 1.0:
+        return structure
+    blobs = tuple((centre, tuple(r * factor for r in radii)) for centre, radii in structure.blobs)
+    return dataclasses.replace(structure, blobs=blobs, radius=structure.radius * factor)
+
+
+def _organ_list(kind: str, rng: np.random.Generator, anatomy: str = DEFAULT_ANATOMY) -> List[Tuple[int, Structure]]:
+    """(label value, structure) of every organ of ``kind`` in painting priority, sized as ``anatomy`` says."""
     values = {_ALIASES.get(name, name): value for value, name in label_table(kind).items()}
-    organs = [(values[s.name], s) for s in _ORGANS if s.name in values]
+    scales = ANATOMY_SCALES[anatomy]
+    organs = [(values[s.name], _scaled(s, scales.get(s.name, 1.0))) for s in _ORGANS if s.name in values]
     if "prostate/uterus" in values:
         organs.append((values["prostate/uterus"], _PROSTATE if rng.random() < 0.5 else _UTERUS))
     missing = set(values.values()) - {v for v, _ in organs}
@@ -316,7 +338,8 @@ def _case_geometry(kind: str, modality: str, size: Sequence[int], rng: np.random
     return tuple(int(s) for s in shape_xyz[::-1]), spacing, direction, v0, origin, body_scale
 
 
-def synthesize_case(kind: str, number: int, seed: int = 0, size: Sequence[int] = DEFAULT_SIZE) -> PhantomCase:
+def synthesize_case(kind: str, number: int, seed: int = 0, size: Sequence[int] = DEFAULT_SIZE,
+                    anatomy: str = DEFAULT_ANATOMY) -> PhantomCase:
     """Generate one phantom.
 
     Args:
@@ -324,6 +347,8 @@ def synthesize_case(kind: str, number: int, seed: int = 0, size: Sequence[int] =
         number: case number (AMOS numbers above 500 give MRI-like cases).
         seed: base seed; the case depends only on (seed, kind, number).
         size: nominal voxel grid (z, y, x); the field of view stays the same, so larger sizes mean finer spacing.
+        anatomy: a key of :data:`ANATOMY_SCALES` (``standard``: BTCV-like sizes; ``learnable``: small organs
+            grown for short CPU runs). The random draws are the same for every anatomy.
 
     Raises:
         ValueError: no attempt kept every organ (at least MIN_ORGAN_VOXELS voxels, scaled to ``size``); only
@@ -331,21 +356,28 @@ def synthesize_case(kind: str, number: int, seed: int = 0, size: Sequence[int] =
     """
     if kind not in _KIND_CODE:
         raise ValueError(f"unknown phantom kind {kind!r}; expected 'btcv' or 'amos'")
+    _check_anatomy(anatomy)
     modality = amos_modality(number) if kind == "amos" else "ct"
     for attempt in range(MAX_ATTEMPTS):
         rng = np.random.default_rng([seed, _KIND_CODE[kind], number, attempt])
-        case = _try_case(kind, modality, size, rng)
+        case = _try_case(kind, modality, size, rng, anatomy)
         if case is not None:
             return case
     raise ValueError(f"phantom {kind} {number}: some organ kept fewer than {_min_voxels(size)} voxels in "
                      f"{MAX_ATTEMPTS} attempts; use a larger --size")
 
 
+def _check_anatomy(anatomy: str) -> None:
+    if anatomy not in ANATOMY_SCALES:
+        raise ValueError(f"unknown phantom anatomy {anatomy!r}; choose one of {sorted(ANATOMY_SCALES)}")
+
+
 def _min_voxels(size: Sequence[int]) -> int:
     return max(1, round(MIN_ORGAN_VOXELS * float(np.prod(size)) / float(np.prod(DEFAULT_SIZE))))
 
 
-def _try_case(kind: str, modality: str, size: Sequence[int], rng: np.random.Generator) -> Optional[PhantomCase]:
+def _try_case(kind: str, modality: str, size: Sequence[int], rng: np.random.Generator,
+              anatomy: str = DEFAULT_ANATOMY) -> Optional[PhantomCase]:
     from scipy.ndimage import gaussian_filter
 
     shape, spacing, direction, v0, origin, body_scale = _case_geometry(kind, modality, size, rng)
@@ -390,7 +422,7 @@ def _try_case(kind: str, modality: str, size: Sequence[int], rng: np.random.Gene
             region[(level < 0) & (level > -0.2)] = _CORTICAL_BONE[column]
             region[level < -bone.core] = bone.core_ct if column == 0 else bone.core_mri
         taken[box] |= level < 0
-    for value, organ in _organ_list(kind, rng):
+    for value, organ in _organ_list(kind, rng, anatomy):
         paint(_jittered(organ, rng), value, rng.uniform(0.08, 0.2), rng.normal(0, 8))
     for distractor in list(_DISTRACTORS) + _bowel_loops(rng, FOV_Z_MM[kind][0]):
         paint(_jittered(distractor, rng), 0, rng.uniform(0.05, 0.15), rng.normal(0, 8))
@@ -500,7 +532,7 @@ def _check_output_folder(out_dir: Path, kind: str, overwrite: bool) -> None:
 
 def write_phantoms(kind: str, out_dir: os.PathLike, cases: Optional[int] = None, seed: int = 0,
                    size: Sequence[int] = DEFAULT_SIZE, mri_cases: Optional[int] = None, unlabelled: int = 0,
-                   overwrite: bool = False, progress: bool = True) -> List[str]:
+                   overwrite: bool = False, progress: bool = True, anatomy: str = DEFAULT_ANATOMY) -> List[str]:
     """Write phantoms in the raw download layout of ``kind`` into ``out_dir``, atomically.
 
     BTCV: ``out_dir/RawData/Training/{img,label}/`` (``imgNNNN`` / ``labelNNNN``; numbers 1-10, 21-40, then
@@ -518,6 +550,7 @@ def write_phantoms(kind: str, out_dir: os.PathLike, cases: Optional[int] = None,
         unlabelled: number of unlabelled test images (BTCV Testing/img, AMOS imagesTs).
         overwrite: replace an earlier phantom folder.
         progress: show a progress bar.
+        anatomy: organ sizes, a key of :data:`ANATOMY_SCALES` (see :func:`synthesize_case`).
 
     Returns:
         The labelled case ids written (``img0001`` / ``amos_0001`` style).
@@ -538,6 +571,7 @@ def write_phantoms(kind: str, out_dir: os.PathLike, cases: Optional[int] = None,
         raise ValueError(f"--size takes three voxel counts (z y x), each at least 8; got {list(size)}")
     if kind == "btcv" and mri_cases:
         raise ValueError("--mri-cases is for --kind amos only (BTCV is CT)")
+    _check_anatomy(anatomy)
     out_dir = Path(out_dir).expanduser().resolve()
     _check_output_folder(out_dir, kind, overwrite)
 
@@ -586,7 +620,7 @@ def write_phantoms(kind: str, out_dir: os.PathLike, cases: Optional[int] = None,
         for folder in folders:
             (temporary / folder).mkdir(parents=True, exist_ok=True)
         for number, image_path, label_path in tqdm(jobs, desc=f"synth {kind}", unit="case", disable=not progress):
-            case = synthesize_case(kind, number, seed, size)
+            case = synthesize_case(kind, number, seed, size, anatomy)
             _write_case(case, temporary / image_path, temporary / label_path if label_path else None)
         if dataset_json is not None:
             (temporary / "dataset.json").write_text(json.dumps(dataset_json, indent=4))

@@ -31,6 +31,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 import numpy as np
 
 from nnunet_poolskip.utilities.atomic import temporary_sibling
+from nnunet_poolskip.utilities.cpu_precision import CPU_AUTOCAST_MODES, cpu_autocast_context
 from nnunet_poolskip.utilities.geometry import SITK_ENDINGS, ImageHeaderError, geometry_mismatch, read_geometry
 from nnunet_poolskip.utilities.image_integrity import IncompleteImageError, check_image_file_complete
 
@@ -188,7 +189,8 @@ class SoftmaxFoldEnsemble:
 
     def __init__(self, model_folder: Union[str, os.PathLike], folds: Sequence[Fold],
                  checkpoint_name: str = CHECKPOINT_FINAL, device: str = "cuda", use_mirroring: bool = True,
-                 tile_step_size: float = 0.5, average: str = EXACT, verbose: bool = False):
+                 tile_step_size: float = 0.5, average: str = EXACT, verbose: bool = False,
+                 cpu_autocast: str = "off"):
         """
         Args:
             model_folder: ``nnUNet_results/DatasetXXX/Trainer__Plans__configuration``.
@@ -202,8 +204,12 @@ class SoftmaxFoldEnsemble:
                 mean of what ``nnUNetv2_predict --save_probabilities`` gives per fold. ``resample-once``: the mean of
                 the folds' softmax on the preprocessed grid, resampled once (nnU-Net's cost; not the same numbers).
             verbose: nnU-Net's verbose output.
+            cpu_autocast: ``bf16``: the predictor's forward passes run under CPU bfloat16 autocast (on ``cpu``
+                only; nnU-Net's own autocast applies on CUDA); ``off`` (default): float32, as nnU-Net on the CPU.
+                Resampling and softmax stay float32 either way.
         Raises:
-            PredictionInputError: a fold's checkpoint cannot be read (naming fold and file), or ``average`` unknown.
+            PredictionInputError: a fold's checkpoint cannot be read (naming fold and file), or ``average`` or
+                ``cpu_autocast`` unknown.
         """
         import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -212,6 +218,10 @@ class SoftmaxFoldEnsemble:
 
         if average not in AVERAGES:
             raise PredictionInputError(f"average must be one of {', '.join(AVERAGES)}, got {average!r}")
+        if cpu_autocast not in CPU_AUTOCAST_MODES:
+            raise PredictionInputError(f"cpu_autocast must be one of {', '.join(CPU_AUTOCAST_MODES)}, got "
+                                       f"{cpu_autocast!r}")
+        self.cpu_autocast = cpu_autocast
         self.folds = list(folds)
         self.average = average
         self.device = torch.device(device)
@@ -261,7 +271,8 @@ class SoftmaxFoldEnsemble:
         try:
             for fold, parameters in zip(self.folds, self.fold_parameters):
                 predictor.list_of_parameters = [parameters]
-                logits = predictor.predict_logits_from_preprocessed_data(data)  # float16, on the CPU
+                with cpu_autocast_context(self.cpu_autocast, self.device.type):
+                    logits = predictor.predict_logits_from_preprocessed_data(data)  # float16, on the CPU
                 if self.average == EXACT:
                     total.add(functools.partial(self._resample, logits, grid), self._nonlinearity)
                 else:

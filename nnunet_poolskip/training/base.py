@@ -28,6 +28,11 @@ from nnunet_poolskip.training.schedule import (
     torch_threads,
     validation_mirroring,
 )
+from nnunet_poolskip.utilities.cpu_precision import (
+    CPU_AUTOCAST_VARIABLE,
+    cpu_autocast_context,
+    cpu_autocast_from_environment,
+)
 
 
 class nnUNetTrainerBaseline(nnUNetTrainer):
@@ -68,6 +73,13 @@ class nnUNetTrainerBaseline(nnUNetTrainer):
             self.print_to_log_file(f"nnunet-poolskip: {threads} torch thread(s) ({THREADS_VARIABLE})")
         self.diagnostics_every = diagnostics_every()
         self.mirrored_validation = validation_mirroring()  # read now: a bad value fails before training, not after
+        self.cpu_autocast = cpu_autocast_from_environment()
+        if self.cpu_autocast != "off":
+            where = ("on the CPU: training steps, validation steps and the final validation"
+                     if self.device.type == "cpu"
+                     else f"ignored on {self.device.type} (nnU-Net's own autocast applies there)")
+            self.print_to_log_file(f"nnunet-poolskip: {CPU_AUTOCAST_VARIABLE}={self.cpu_autocast}: bfloat16 autocast "
+                                   f"{where}")
         self.seed: Optional[int] = seed_from_environment()
         if self.seed is not None:
             seed_everything(epoch_seed(self.seed, None, self.local_rank))
@@ -75,7 +87,28 @@ class nnUNetTrainerBaseline(nnUNetTrainer):
                                    f"seeded at start-up and at every epoch start (seed derived from the seed, the "
                                    f"epoch and the rank {self.local_rank})")
 
+    def _autocast(self):
+        """CPU bfloat16 autocast when NNUNET_POOLSKIP_CPU_AUTOCAST=bf16 and the trainer runs on the CPU."""
+        return cpu_autocast_context(self.cpu_autocast, self.device.type)
+
+    def train_step(self, batch: dict) -> dict:
+        """nnU-Net's training step, under CPU bfloat16 autocast when asked (nnU-Net autocasts on CUDA only). The
+        backward pass runs inside the context too: autograd runs each op's backward in the dtype its forward had."""
+        with self._autocast():
+            return super().train_step(batch)
+
+    def validation_step(self, batch: dict) -> dict:
+        """nnU-Net's validation step, under CPU bfloat16 autocast when asked."""
+        with self._autocast():
+            return super().validation_step(batch)
+
     def perform_actual_validation(self, save_probabilities: bool = False):
+        """nnU-Net's final validation, under CPU bfloat16 autocast when asked (the predictor's forward passes run
+        in this process); see :meth:`_final_validation` for mirroring."""
+        with self._autocast():
+            return self._final_validation(save_probabilities)
+
+    def _final_validation(self, save_probabilities: bool):
         """nnU-Net's final validation; without test-time mirroring when NNUNET_POOLSKIP_VAL_MIRRORING=0 (the
         mirroring axes are restored afterwards: checkpoint_final.pth, saved before, keeps them anyway)."""
         if self.mirrored_validation:

@@ -541,9 +541,11 @@ def test_case_counts_and_folds_are_checked_at_argument_time(tmp_path, capsys):
 # ------------------------------------------------------------------------------------ end to end
 SCALED_DOWN = ["--profile", "demo", "--models", "nnunet,nnunet_poolskip", "--folds", "0", "1", "--cases", "8",
                "--phantom-size", "32", "48", "48", "--epochs", "2", "--iterations", "2", "--val-iterations", "1",
-               "--preprocess-processes", "1", "--evaluate-processes", "2", "--plans-preset", "cpu_small"]
+               "--preprocess-processes", "1", "--evaluate-processes", "2", "--plans-preset", "cpu_small",
+               "--no-real-ct"]
 """The demo profile's code path at CI scale: 2 models, 2 folds, 2 epochs of 2 iterations, 8 small phantoms, the
-tests' tiny CPU plans (the demo's own preset has small patches, whose sliding-window validation costs more)."""
+tests' tiny CPU plans (the demo's own preset has small patches, whose sliding-window validation costs more); no
+real-CT step (two more predictions in every run here; tests/benchmark/test_real_ct_step.py covers it)."""
 
 
 def group_alive(pgid: int) -> list:

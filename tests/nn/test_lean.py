@@ -569,3 +569,32 @@ def test_forward_mode_ad_raises_in_lean_and_works_in_reference():
             lean(forward_ad.make_dual(y, tangent))
         out = reference(forward_ad.make_dual(y, tangent))
         assert forward_ad.unpack_dual(out).tangent.abs().sum() > 0
+
+
+@pytest.mark.parametrize("variant", ["full", "pool_conv"])
+def test_lean_stays_within_bf16_rounding_of_the_exact_result(variant):
+    """Under CPU bf16 autocast (as a host conv under nnU-Net's training hands it a bf16 tensor), the lean kernels and
+    the reference both stay within the error bound of bf16 arithmetic around the float64 result, and so within
+    twice that bound of each other. The bound is computed here: inputs and weights rounded to bf16 (relative error
+    2**-8 each), float32 accumulation, the output rounded to bf16: per voxel about
+    3 * 2**-8 * (|conv| with absolute values of weights and inputs + |bias|) + 2**-8 * |output| + |y| * 2**-8."""
+    torch.manual_seed(0)
+    lean, reference = pair(3, 8, 2, variant)
+    y = torch.randn(2, 8, 4, 6, 10).to(torch.bfloat16)  # depth >= 2 (see the test above)
+    exact_module = POOL_SKIP_CLASSES[3](8, pool_size=2, variant=variant, implementation="reference").double()
+    exact_module.load_state_dict(lean.state_dict())
+    y64 = y.double()
+    exact = exact_module(y64)
+    pooled, indices = torch.nn.functional.max_pool3d(y64, 2, 2, ceil_mode=True, return_indices=True)
+    unpooled = torch.nn.functional.max_unpool3d(pooled, indices, 2, 2, output_size=y64.shape[2:])
+    conv = exact_module.conv
+    magnitude = torch.nn.functional.conv3d(unpooled.abs(), conv.weight.abs(), conv.bias.abs(), padding=1)
+    eps = 2.0 ** -8
+    bound = 3 * eps * magnitude + eps * exact.abs() + (eps * y64.abs() if variant == "full" else 0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = {"lean": lean(y), "reference": reference(y)}
+    for name, out in outputs.items():
+        error = (out.double() - exact).abs()
+        assert torch.all(error <= bound), (name, float((error - bound).max()))
+    assert torch.all((outputs["lean"].double() - outputs["reference"].double()).abs() <= 2 * bound)
+    assert outputs["lean"].dtype == outputs["reference"].dtype

@@ -214,6 +214,7 @@ def test_final_validation_mirrors_unless_switched_off_and_keeps_the_axes(monkeyp
     monkeypatch.setattr(nnUNetTrainer, "perform_actual_validation", fake_validation)
     trainer = object.__new__(nnUNetTrainerBaseline)  # no plans needed: only the override runs
     trainer.mirrored_validation, trainer.inference_allowed_mirroring_axes = mirrored, (0, 1, 2)
+    trainer.cpu_autocast, trainer.device = "off", torch.device("cpu")
     logged = []
     trainer.print_to_log_file = lambda *args, **kwargs: logged.append(" ".join(map(str, args)))
     with pytest.raises(RuntimeError, match="export failed"):
