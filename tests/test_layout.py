@@ -24,7 +24,7 @@ ALLOWED = {
     "training": {"nn", "diagnostics", "utilities", "ext_trainers", "plans_presets"},
     "benchmark": {"nn", "diagnostics", "utilities", "training", "evaluation", "dataset_conversion", "inference"},
     "commands": {"nn", "diagnostics", "utilities", "training", "evaluation", "dataset_conversion", "inference",
-                 "benchmark"},
+                 "benchmark", ""},  # "": the package itself, for __version__
 }
 TOP_LEVEL_MODULES = {"__init__.py", "cli.py"}
 

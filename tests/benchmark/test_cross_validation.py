@@ -227,8 +227,8 @@ def test_slurm_jobs_carry_the_configuration_and_the_protocol(tmp_path):
                  "--output", str(tmp_path / "results"), "--models", "nnunet,nnunet_poolskip", "--configuration", "2d",
                  "--protocol", "cv", "--emit", "slurm", str(jobs)]) == 0
     train = (jobs / "train.sbatch").read_text()
-    assert "nnUNetv2_train 950 2d \"$FOLD\" -tr \"$TRAINER\" -p nnUNetPlans -device cuda" in train
-    assert '"$TRAINER"__nnUNetPlans__2d' in train
+    assert "nnUNetv2_train 950 2d \"$FOLD\" -tr \"$TRAINER\" -p \"$PLANS\" -device cuda" in train
+    assert '"$TRAINER"__"$PLANS"__2d' in train and "PLANS=nnUNetPlans" in train
     finish = (jobs / "finish.sbatch").read_text()
     assert "--configuration 2d" in finish and "--protocol cv" in finish and "--stage finish" in finish
     assert "--configuration 2d" in (jobs / "prepare.sbatch").read_text()

@@ -124,15 +124,17 @@ def test_benchmark_sets_the_variable_where_the_cpu_has_bf16(monkeypatch, tmp_pat
 
 
 def test_predict_continue_never_mixes_precisions(tmp_path):
-    """predict --continue: an output folder made in another precision is refused; one written before the key
-    existed counts as float32 (what it was made with)."""
-    import json
+    """predict --continue: an output folder made in another precision is refused (its record names the setting)."""
+    from nnunet_poolskip.inference.output_folder import CONTINUE, NEW, OutputFolder
+    from nnunet_poolskip.inference.softmax_ensemble import PredictionInputError
 
-    from nnunet_poolskip.commands.predict import _continue_problem
-
-    recorded = tmp_path / "predict_args.json"
-    settings = {"folds": [0, 1], "use_mirroring": False, "cpu_autocast": "bf16"}
-    recorded.write_text(json.dumps({"folds": [0, 1], "use_mirroring": False}))
-    problem = _continue_problem(tmp_path, recorded, settings, {}, ".nii.gz")
-    assert "cpu_autocast: 'off' then, 'bf16' now" in problem
-    assert _continue_problem(tmp_path, recorded, {**settings, "cpu_autocast": "off"}, {}, ".nii.gz") == ""
+    settings = {"folds": [0, 1], "use_mirroring": False, "cpu_autocast": "off"}
+    first = OutputFolder(tmp_path, settings, NEW)
+    assert first.plan(["case1"], ".nii.gz", False) == ["case1"]
+    first.start({}, "cpu")
+    first.case_started("case1", [tmp_path / "case1.nii.gz"])
+    (tmp_path / "case1.nii.gz").write_bytes(b"made in float32")
+    first.case_done("case1")
+    with pytest.raises(PredictionInputError, match=r"cpu_autocast: 'off' then, 'bf16' now"):
+        OutputFolder(tmp_path, {**settings, "cpu_autocast": "bf16"}, CONTINUE).plan(["case1"], ".nii.gz", False)
+    assert OutputFolder(tmp_path, settings, CONTINUE).plan(["case1"], ".nii.gz", False) == []
