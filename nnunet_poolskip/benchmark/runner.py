@@ -251,6 +251,10 @@ class BenchmarkRunner:
         data = f"synthetic {c.target.kind.upper()}-like phantoms ({s.synthetic_cases} cases)" if c.synthetic \
             else (str(c.raw_source) if c.raw_source else "already converted")
         self.say(f"  data set: {c.target.label} (id {c.target.dataset_id}), from {data}")
+        folders = self.ws.raw.parent if self.ws.raw.parent == self.ws.results.parent else self.ws.variables()
+        self.say(f"  output: {c.output}   nnU-Net folders: {folders}")
+        if not c.verbose:  # among the first lines: where to look when something goes wrong
+            self.say(f"  full logs: {c.output / 'logs'}/ (one file per step; --verbose shows them here instead)")
         protocol = c.resolved_protocol()
         chosen = "" if c.protocol else (" (chosen: the data set has no test labels)" if protocol == "cv"
                                         else " (chosen: the data set has a held-out test set)")
@@ -258,10 +262,6 @@ class BenchmarkRunner:
                  + ("; --protocol cv|test|both to choose" if not c.protocol else ""))
         if s.device == "cpu":
             self.say(f"  precision: {s.cpu_autocast_mode()[1]}")
-        folders = self.ws.raw.parent if self.ws.raw.parent == self.ws.results.parent else self.ws.variables()
-        self.say(f"  output: {c.output}   nnU-Net folders: {folders}")
-        if not c.verbose:
-            self.say(f"  full logs: {c.output / 'logs'}/ (one file per step; --verbose shows them here instead)")
 
     def dry_run(self) -> None:
         """Print what a run would do now (steps to do, folds' states), and change nothing."""

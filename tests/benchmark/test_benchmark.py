@@ -319,6 +319,7 @@ def test_a_data_set_converted_with_other_settings_is_refused_before_any_work(tmp
     assert "training is not finished" in capsys.readouterr().err
 
 
+@pytest.mark.integration  # runs the finish stage's evaluate commands: about 14 s
 def test_summaries_are_remade_when_the_nsd_tolerances_change(tmp_path, monkeypatch):
     work = tmp_path / "work"
     raw = write_toy_dataset(work / "nnUNet_raw", 901, n_cases=1, n_test=2)

@@ -69,6 +69,7 @@ def evaluate(args, capsys=None):
     return code, (capsys.readouterr() if capsys else None)
 
 
+@pytest.mark.integration  # runs nnU-Net's own evaluator on a generated folder: about 15 s
 def test_values_format_and_conventions_against_nnunet(tmp_path, capsys):
     from nnunetv2.evaluation.evaluate_predictions import compute_metrics
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
