@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from conftest import runs_nnunet_command_line
+from conftest import BIN, runs_nnunet_command_line
 
 
 @pytest.mark.parametrize("args, program", [
@@ -28,7 +28,8 @@ def test_an_unmarked_test_cannot_start_nnunet_command_line():
 
 @pytest.mark.integration
 def test_a_marked_test_may(tmp_path):
-    done = subprocess.run(["nnUNetv2_train", "--help"], capture_output=True, text=True)
+    # the venv's own program: CI runs the venv's python without putting its bin folder on PATH
+    done = subprocess.run([str(BIN / "nnUNetv2_train"), "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "dataset_name_or_id" in done.stdout
 
 
