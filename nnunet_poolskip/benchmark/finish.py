@@ -224,7 +224,7 @@ class Finish:
             # summaries/<model>.json may hold the seed average of an earlier --seeds run: never take it for
             # evaluate's; nor a summary computed with other NSD tolerances, or of other cases (other folds)
             if not is_averaged_summary(recorded) and sorted(c["case"] for c in recorded["per_case"]) == cases:
-                if recorded.get("nsd_tolerance_mm") == self.requested_tolerances():
+                if recorded.get("nsd_tolerance_mm") == self.requested_tolerances() and recorded.get("seed") == seed:
                     self.steps.skip(step, title, f"{summary} exists")
                     return summary
                 title += f"; {summary.name} was computed with other NSD tolerances"
@@ -234,6 +234,8 @@ class Finish:
                 "-np", str(self.config.evaluate_processes), "--no-progress"]
         if self.config.nsd_tolerances:
             argv += ["--nsd-tolerances", self.config.nsd_tolerances]
+        if seed is not None:  # compare names each seed's own statistics by it
+            argv += ["--seed", str(seed)]
         self.steps.run(step, title + " (Dice, NSD, IoU)", argv)
         return summary
 

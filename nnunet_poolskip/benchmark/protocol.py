@@ -170,12 +170,16 @@ def parse_models(text: Sequence[str] | str) -> List[Model]:
     return [resolve_model(n) for n in names]
 
 
-def check_configuration(configuration: str, trainers: Sequence[str]) -> None:
-    """Refuse a configuration the benchmark cannot train, or 3D-only trainers in the 2D configuration.
+def check_configuration(configuration: str, trainers: Sequence[str], models: Sequence["Model"] = ()) -> None:
+    """Refuse a configuration the benchmark cannot train, 3D-only trainers in the 2D configuration, or models with
+    their own planner (the ResEnc presets) outside 3d_fullres.
 
     Args:
         configuration: ``--configuration`` (an nnU-Net configuration name).
         trainers: the trainer class names of the run's models.
+        models: the run's models. The ResEnc presets are planned, checked and preprocessed for 3d_fullres only
+            (benchmark/model_plans.py): with another configuration they would train on the default plans' data
+            under plans never checked for it, so they are refused.
 
     Raises:
         ValueError: naming the configuration (and the trainers), and what to use instead.
@@ -191,6 +195,11 @@ def check_configuration(configuration: str, trainers: Sequence[str]) -> None:
             raise ValueError(f"--configuration 2d: the V-Net trainers {sorted(set(three_d))} train 3D configurations "
                              f"only (MONAI's V-Net is a 3D network); leave the V-Net models out of --models "
                              f"(e.g. --models nnunet,nnunet_poolskip)")
+    own_plans = [m.name for m in models if m.planner is not None]
+    if own_plans and configuration != CONFIGURATION:
+        raise ValueError(f"--configuration {configuration}: the models {own_plans} use nnU-Net's ResEnc plans, which "
+                         f"this benchmark plans and preprocesses for {CONFIGURATION} only; leave them out of --models "
+                         f"or compare them in {CONFIGURATION}")
 
 
 def check_trainers_available(trainers: Sequence[str]) -> None:

@@ -227,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = build_config(args)
         trainers = sorted(set(config.trainers().values()))
-        check_configuration(config.configuration, trainers)
+        check_configuration(config.configuration, trainers, config.models)
         check_trainers_available(trainers)
         ignoring = [t for t in trainers if t not in TRAINERS]
         if config.settings.short_schedule and ignoring:

@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-np", "--num-processes", type=int, default=min(4, os.cpu_count() or 1),
                         help="cases evaluated in parallel (default: min(4, CPUs))")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--seed", type=int, metavar="S",
+                        help="the training seed of the models that made these predictions (benchmark --seeds): "
+                             "recorded in summary.json as \"seed\", and compare names its per-seed results by it")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     except (EvaluationInputError, ValueError, FileNotFoundError) as error:
         print(f"nnunet-poolskip evaluate: error: {error}", file=sys.stderr)
         return 2
+    if args.seed is not None:
+        summary["seed"] = args.seed
     write_json_atomic(summary, args.output)
     if args.csv:
         write_case_csv(summary, args.csv)

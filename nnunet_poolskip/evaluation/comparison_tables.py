@@ -28,6 +28,8 @@ from nnunet_poolskip.evaluation.comparison_names import (  # noqa: F401  (re-exp
     METRIC_NAMES,
     SMALL_N_MARK,
     difference_name,
+    metric_names,
+    nsd_name,
 )
 from nnunet_poolskip.evaluation.organ_distribution import organ_distribution_markdown
 from nnunet_poolskip.evaluation.statistics import (
@@ -267,18 +269,16 @@ def seed_lines(statistics: Optional[Mapping], models: Sequence[str], metric: str
         if not per_seed:
             continue
         better = sum(e["mean_difference"] is not None and e["mean_difference"] > 0 for e in per_seed)
-        cells = "; ".join(f"seed {e['seed']}: {difference_cell(e)}" for e in per_seed)
+        cells = "; ".join(f"{seed_name(e)}: {difference_cell(e)}" for e in per_seed)
         lines.append(f"- {model}, foreground {METRIC_NAMES[metric]} per seed (each seed's own pair, interval over "
                      f"cases only): {cells}. Better in {better} of {len(per_seed)} seeds.")
     return lines
 
 
-def nsd_name(summary: Optional[Mapping]) -> str:
-    """``NSD@1 mm`` (one tolerance for every label) or ``NSD@per-organ mm``."""
-    if summary is None:
-        return "NSD"
-    values = sorted(set(float(v) for v in summary["nsd_tolerance_mm"].values()))
-    return f"NSD@{values[0]:g} mm" if len(values) == 1 else "NSD@per-organ mm"
+def seed_name(entry: Mapping) -> str:
+    """How a per-seed entry is named: ``seed 7`` (the recorded training seed), else ``seed #2`` (its position)."""
+    number = entry.get("seed_number")
+    return f"seed {number}" if number is not None else f"seed #{entry['seed'] + 1}"
 
 
 def paired_table_markdown(rows: Sequence[Mapping], baseline: str, statistics: Optional[Mapping] = None,
@@ -298,7 +298,7 @@ def paired_table_markdown(rows: Sequence[Mapping], baseline: str, statistics: Op
         entries += cells
         body.append([_difference_name(row["model"], baseline), scope_text(cells[0])]
                     + [difference_cell(e) for e in cells] + [primary_cell(cells[0])])
-    names = {"dice": "Dice", "nsd": nsd_name(summary), "iou": "IoU"}
+    names = metric_names(summary)
     header = ["Comparison", "over"] + [f"Δ {names[metric]}" for metric, _ in METRIC_COLUMNS] + \
         ["primary endpoint (foreground Dice)"]
     text = (f"Paired differences against {baseline} (percentage points): the mean of the per-case difference of the "
@@ -519,5 +519,6 @@ def compare_summaries(paths: Sequence[os.PathLike | str], names: Optional[Sequen
             (folder / OUTPUT_FILES[kind]).unlink(missing_ok=True)
     else:
         write_json_atomic(statistics, outputs["statistics"])
-        plot_differences(statistics, summaries[0]["labels"], outputs["differences_plot"], caveat)
+        plot_differences(statistics, summaries[0]["labels"], outputs["differences_plot"], caveat,
+                         metric_names(summaries[0]))
     return outputs

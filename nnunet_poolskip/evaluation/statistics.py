@@ -235,6 +235,12 @@ def _common_cases(summaries: Sequence[Mapping]) -> Tuple[List[str], int]:
     return order, len(set.union(*sets)) - len(common)
 
 
+def _seed_number(a_run: Mapping, b_run: Mapping) -> Optional[int]:
+    """The training seed both runs of a seed pair recorded (``evaluate --seed``), else None."""
+    seed = a_run.get("seed")
+    return seed if seed is not None and b_run.get("seed") == seed else None
+
+
 def _pair_entries(base: str, model: str, a_runs: Sequence[Mapping], b_runs: Sequence[Mapping],
                   empty: Mapping, labels: Mapping[str, str], margin: float) -> List[Dict]:
     """Every entry of one pair: per metric and label (then foreground), the headline entry and, with several
@@ -263,7 +269,8 @@ def _pair_entries(base: str, model: str, a_runs: Sequence[Mapping], b_runs: Sequ
                 seed_means = b.mean(axis=0) - a.mean(axis=0)
                 headline["p_wilcoxon"] = (float(stats.wilcoxon(seed_means, zero_method="wilcox").pvalue)
                                           if np.any(seed_means != 0) and seed_means.size >= 2 else None)
-                per_seed = [{**common, "scope": SCOPE_CASES, "seed": s, **paired_statistics(a[s], b[s])}
+                per_seed = [{**common, "scope": SCOPE_CASES, "seed": s,
+                             "seed_number": _seed_number(a_runs[s], b_runs[s]), **paired_statistics(a[s], b[s])}
                             for s in range(n_seeds)]
                 if label != FOREGROUND:  # each seed's own false positives (the headline sums them over seeds)
                     for s, entry in enumerate(per_seed):
@@ -301,7 +308,9 @@ def comparison_statistics(summaries: Sequence[Mapping], names: Sequence[str], ma
     Returns:
         ``{"format_version": 2, "method": {...}, "margin": margin, "empty_reference_source": ..., "comparisons":
         [...]}``; per pair, metric and label (labels in the first summary's order, then ``"foreground"``) the
-        headline entry, then the per-seed entries (with ``"seed"``: the seed's position, 0-based).
+        headline entry, then the per-seed entries (with ``"seed"``: the seed's position, 0-based, and
+        ``"seed_number"``: the training seed both summaries of that position recorded, ``evaluate --seed``, else
+        null).
     Raises:
         ValueError: a model with another number of seeds than the baseline, or a primary model that is not
             compared.

@@ -826,6 +826,11 @@ def test_benchmark_with_seeds_killed_in_the_second_seed_then_resumed(tmp_path):
                 and "seed" not in e]
     assert [e["scope"] for e in headline] == ["seeds_and_cases"] and headline[0]["primary"]
     assert headline[0]["n_seeds"] == {"nnU-Net": 2, "nnU-Net + Pool Skip": 2}
+    # each seed's own pair is named by its training seed (evaluate --seed recorded it in the seed's summary)
+    per_seed = [e for e in statistics["comparisons"] if e["label"] == "foreground" and e["metric"] == "dice"
+                and "seed" in e]
+    assert [e["seed_number"] for e in per_seed] == [0, 1]
+    assert json.loads((out / "summaries" / "seed_1" / "nnunet.json").read_text())["seed"] == 1
     assert "every seed's ensemble, across seeds and cases" in table and "Better in" in table
     with open(out / "table.csv", newline="") as handle:
         rows = {r["model"]: r for r in csv.DictReader(handle)}

@@ -23,7 +23,7 @@ from nnunet_poolskip.benchmark.cross_validation import (
 )
 from nnunet_poolskip.benchmark.cv_report import fold_mean_columns, model_header, report_section
 from nnunet_poolskip.benchmark.dataset_checks import check_raw_dataset
-from nnunet_poolskip.benchmark.protocol import MODELS, check_configuration
+from nnunet_poolskip.benchmark.protocol import MODELS, check_configuration, parse_models
 from nnunet_poolskip.cli import main
 from nnunet_poolskip.dataset_conversion.btcv import convert_btcv
 from nnunet_poolskip.dataset_conversion.phantoms import write_phantoms
@@ -167,6 +167,12 @@ def test_configuration_checks():
         check_configuration("3d_cascade_fullres", ["nnUNetTrainerBaseline"])
     with pytest.raises(ValueError, match=r"--configuration 2d: the V-Net trainers \['nnUNetTrainerVNet'\] train 3D"):
         check_configuration("2d", ["nnUNetTrainerBaseline", "nnUNetTrainerVNet"])
+    resenc = parse_models("nnunet,nnunet_resenc_m,nnunet_resenc_m_poolskip")
+    check_configuration("3d_fullres", [m.trainer for m in resenc], resenc)
+    for configuration in ("2d", "3d_lowres"):
+        with pytest.raises(ValueError, match=rf"--configuration {configuration}: the models \['nnunet_resenc_m', "
+                                             rf"'nnunet_resenc_m_poolskip'\] use nnU-Net's ResEnc plans"):
+            check_configuration(configuration, [m.trainer for m in resenc], resenc)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -174,6 +180,8 @@ def test_configuration_checks():
     (["--protocol", "both"], "--protocol both predicts and evaluates the held-out test set"),
     (["--configuration", "3d_cascade_fullres"], "3d_cascade_fullres is not supported"),
     (["--configuration", "2d", "--models", "nnunet,vnet"], "V-Net trainers ['nnUNetTrainerVNet'] train 3D"),
+    (["--configuration", "3d_lowres", "--models", "nnunet,nnunet_resenc_m"],
+     "--configuration 3d_lowres: the models ['nnunet_resenc_m'] use nnU-Net's ResEnc plans"),
     (["--split-file", "none"], "--split-file applies to --dataset btcv|amos"),
     (["--dataset", "Dataset951_Absent"], "Dataset951_Absent not found in nnUNet_raw"),
     (["--dataset", "Dataset950_Other"], "Dataset950_Other not found in nnUNet_raw"),

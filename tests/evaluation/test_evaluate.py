@@ -253,6 +253,15 @@ def test_missing_output_folders_are_created(tmp_path, capsys):
     assert code == 2 and f"-o/--output {tmp_path / 'new'} is a folder" in captured.err
 
 
+def test_seed_is_recorded_only_when_given(tmp_path, capsys):
+    random_cases(tmp_path)
+    for seed, out in ((7, tmp_path / "seeded.json"), (None, tmp_path / "unseeded.json")):
+        code, _ = evaluate([tmp_path / "gt", tmp_path / "pred", "--labels", "1", "-o", out,
+                            *([] if seed is None else ["--seed", seed])], capsys)
+        assert code == 0
+        assert json.loads(out.read_text()).get("seed", "absent") == (7 if seed is not None else "absent")
+
+
 def test_label_outside_label_set_in_reference(tmp_path, capsys):
     """A dataset.json is the whole label set: a value it lacks is an error (``--labels`` ignores other values)."""
     random_cases(tmp_path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,3 +196,34 @@ def test_seed_counts_must_match(tmp_path):
     b = seed_summaries(tmp_path, "b", np.full((3, 4), 0.8))
     with pytest.raises(CompareInputError, match="different numbers of seeds"):
         run_compare(tmp_path, a, b)
+
+
+def record_seeds(paths, seeds):
+    """Write ``"seed"`` into each summary as ``evaluate --seed`` does (None: leave it out)."""
+    for path, seed in zip(map(Path, paths), seeds):
+        summary = json.loads(path.read_text())
+        if seed is not None:
+            summary["seed"] = seed
+        path.write_text(json.dumps(summary))
+    return paths
+
+
+def test_per_seed_results_are_named_by_the_recorded_training_seed(tmp_path):
+    rng = np.random.default_rng(5)
+    a = rng.uniform(0.5, 0.9, (2, 6))
+    b = a + 0.02  # liver +2 points, spleen the same: foreground (mean of both) +1 point
+    # seeds 3 and 7 recorded by both models: the per-seed entries and the table name them
+    named = tmp_path / "named"
+    statistics, table = run_compare(named, record_seeds(seed_summaries(named, "a", a), [3, 7]),
+                                    record_seeds(seed_summaries(named, "b", b), [3, 7]))
+    per_seed = seed_entries(statistics, "B", "dice", FOREGROUND)
+    assert [(e["seed"], e["seed_number"]) for e in per_seed] == [(0, 3), (1, 7)]
+    line = next(x for x in table.splitlines() if "foreground Dice per seed" in x)
+    assert "seed 3: +1.00" in line and "seed 7: +1.00" in line, line
+    # nothing recorded, or the pair's seeds disagree: no number, the position is named instead (1-based)
+    statistics, table = run_compare(tmp_path / "unnamed", record_seeds(seed_summaries(tmp_path / "unnamed", "a", a),
+                                                                       [3, None]),
+                                    record_seeds(seed_summaries(tmp_path / "unnamed", "b", b), [4, None]))
+    assert [e["seed_number"] for e in seed_entries(statistics, "B", "dice", FOREGROUND)] == [None, None]
+    line = next(x for x in table.splitlines() if "foreground Dice per seed" in x)
+    assert "seed #1: +1.00" in line and "seed #2: +1.00" in line and "seed 3" not in line, line

@@ -225,6 +225,10 @@ def test_tables_show_interval_p_and_small_n_in_words(tmp_path, monkeypatch):
     assert [t.get_text() for t in forest.axes[3].get_yticklabels()] == [
         "liver (n=4) ‡", "spleen (n=4) ‡", "pancreas (n=4) ‡"]
     assert forest.axes[0].get_xlim() != forest.axes[3].get_xlim()
+    # NSD named with its tolerance (the summaries' 1 mm), as in the tables
+    assert [a.get_title() for a in forest.axes] == [
+        "Dice: foreground (own scale)", "NSD@1 mm: foreground (own scale)", "IoU: foreground (own scale)",
+        "Dice: per organ", "NSD@1 mm: per organ", "IoU: per organ"]
     assert "ONE RUN PER MODEL" in forest.get_suptitle()
     legend = [t.get_text() for t in forest.legends[0].get_texts()]
     assert "one run per model: interval over test cases only, never called significant" in legend
