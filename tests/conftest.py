@@ -114,11 +114,15 @@ INTEGRATION_FIXTURES = frozenset({"toy_workspace", "phantom_ct_model"})
 _running: Dict[str, object] = {"item": None, "integration": False}
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest's own -m deselection
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m deselection and pytest-xdist's grouping
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if INTEGRATION_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.integration)
+        if "toy_workspace" in item.fixturenames:
+            # one xdist worker for every user of the toy data set (scripts/test.sh: --dist loadgroup): its planning
+            # and the folds it caches are made once, not once per worker
+            item.add_marker(pytest.mark.xdist_group("toy_workspace"))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -196,8 +196,8 @@ def plot_real_ct(image: np.ndarray, reference: np.ndarray, predictions: Mapping[
     handles = [Patch(facecolor=colours[int(k)], alpha=OVERLAY_ALPHA, label=f"{k} {n}") for k, n in
                sorted(labels.items(), key=lambda item: int(item[0]))]
     figure.legend(handles=handles, loc="outside lower center", frameon=False, fontsize=7, ncols=7)
-    set_title(figure, "A real abdominal CT (TotalSegmentator's example, 3 mm) segmented by the demo's nnU-Net fold "
-                      "ensembles (CT window [-160, 240] HU)",
+    set_title(figure, "A real abdominal CT (TotalSegmentator's example, 3 mm) segmented by the demo's nnU-Net models "
+                      "(softmax average of their folds; CT window [-160, 240] HU)",
               "Models trained minutes on synthetic phantoms at a coarse grid; the reference is TotalSegmentator's "
               "output, not ground truth.", fontsize=10)
     save_figure(figure, path)

@@ -91,11 +91,11 @@ def test_profiles_and_overrides():
     paper = resolve_settings("paper")
     assert (paper.epochs, paper.plans_preset, paper.folds, paper.device) == (None, None, (0, 1, 2, 3, 4), "cuda")
     assert not paper.short_schedule and not paper.reduced_folds and not paper.overridden
-    demo = resolve_settings("demo", epochs=2, folds=[0], num_gpus=None)
+    demo = resolve_settings("demo", epochs=2, folds=[0, 2], num_gpus=None)
     assert demo.short_schedule and demo.reduced_folds and demo.smoke and demo.device == "cpu"
     assert (demo.parallel_trainings, paper.parallel_trainings, demo.plans_preset) == (2, 1, "cpu_demo")
     assert demo.overridden == ["epochs", "folds"]
-    assert demo.override_arguments() == ["--epochs", "2", "--folds", "0"]
+    assert demo.override_arguments() == ["--epochs", "2", "--folds", "0", "2"]
     with pytest.raises(ValueError, match="--num-gpus > 1 .* --device cuda"):
         resolve_settings("demo", num_gpus=2)
     with pytest.raises(ValueError, match="--epochs must be >= 1"):
