@@ -222,12 +222,15 @@ class Finish:
         if summary.is_file() and summary.stat().st_mtime >= newest:
             recorded = json.loads(summary.read_text())
             # summaries/<model>.json may hold the seed average of an earlier --seeds run: never take it for
-            # evaluate's; nor a summary computed with other NSD tolerances, or of other cases (other folds)
+            # evaluate's; nor a summary computed with other NSD tolerances, of other cases (other folds) or
+            # without the seed recorded (compare names each seed's statistics by it)
             if not is_averaged_summary(recorded) and sorted(c["case"] for c in recorded["per_case"]) == cases:
-                if recorded.get("nsd_tolerance_mm") == self.requested_tolerances() and recorded.get("seed") == seed:
+                same_tolerances = recorded.get("nsd_tolerance_mm") == self.requested_tolerances()
+                if same_tolerances and recorded.get("seed") == seed:
                     self.steps.skip(step, title, f"{summary} exists")
                     return summary
-                title += f"; {summary.name} was computed with other NSD tolerances"
+                title += (f"; {summary.name} was computed with other NSD tolerances" if not same_tolerances else
+                          f"; {summary.name} does not record seed {seed}")
         summary.parent.mkdir(parents=True, exist_ok=True)
         argv = [executable("nnunet-poolskip"), "evaluate", str(references), str(predictions),
                 "--dataset-json", str(raw / "dataset.json"), "-o", str(summary),

@@ -170,7 +170,7 @@ def parse_models(text: Sequence[str] | str) -> List[Model]:
     return [resolve_model(n) for n in names]
 
 
-def check_configuration(configuration: str, trainers: Sequence[str], models: Sequence["Model"] = ()) -> None:
+def check_configuration(configuration: str, trainers: Sequence[str], models: Sequence[Model] = ()) -> None:
     """Refuse a configuration the benchmark cannot train, 3D-only trainers in the 2D configuration, or models with
     their own planner (the ResEnc presets) outside 3d_fullres.
 
