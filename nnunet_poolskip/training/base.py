@@ -18,6 +18,7 @@ from nnunet_poolskip.diagnostics.history import (
     truncate_history,
     weight_record,
 )
+from nnunet_poolskip.nn.bf16_guard import float32_where_bf16_conv_gradients_fail
 from nnunet_poolskip.training.resources import record_resources
 from nnunet_poolskip.training.schedule import (
     SEED_VARIABLE,
@@ -86,6 +87,17 @@ class nnUNetTrainerBaseline(nnUNetTrainer):
             self.print_to_log_file(f"nnunet-poolskip: {SEED_VARIABLE}={self.seed}: Python random, NumPy and torch "
                                    f"seeded at start-up and at every epoch start (seed derived from the seed, the "
                                    f"epoch and the rank {self.local_rank})")
+
+    def initialize(self):
+        """nnU-Net's initialize; under CPU bfloat16 autocast the network's 3D convolutions then run in float32 on
+        the inputs where torch's bf16 weight gradient is wrong (:func:`float32_where_bf16_conv_gradients_fail`)."""
+        super().initialize()
+        if self.cpu_autocast == "bf16" and self.device.type == "cpu":
+            wrapped = float32_where_bf16_conv_gradients_fail(self.network)
+            if wrapped:  # initialize may run twice; the modules are wrapped once
+                self.print_to_log_file(f"nnunet-poolskip: bfloat16 autocast: {wrapped} 3D convolution(s) run in "
+                                       f"float32 whenever their input is thinner than their kernel (torch's CPU "
+                                       f"bf16 weight gradient is wrong there)")
 
     def _autocast(self):
         """CPU bfloat16 autocast when NNUNET_POOLSKIP_CPU_AUTOCAST=bf16 and the trainer runs on the CPU."""

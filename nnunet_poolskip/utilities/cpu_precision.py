@@ -98,3 +98,4 @@ def cpu_autocast_context(mode: str, device_type: str) -> ContextManager:
     import torch
 
     return torch.autocast("cpu", dtype=torch.bfloat16)
+

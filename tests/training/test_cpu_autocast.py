@@ -8,6 +8,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_poolskip.benchmark.profiles import resolve_settings
 from nnunet_poolskip.benchmark.workspace import Workspace, step_environment
+from nnunet_poolskip.nn import bf16_guard
 from nnunet_poolskip.training import TRAINERS
 from nnunet_poolskip.training.base import nnUNetTrainerBaseline
 from nnunet_poolskip.utilities import cpu_precision
@@ -52,7 +53,7 @@ def test_every_trainer_runs_its_steps_through_the_mixin():
     """The autocast wraps nnU-Net's methods in nnUNetTrainerBaseline; no trainer of ours may bypass it."""
     for name, cls in TRAINERS.items():
         assert issubclass(cls, nnUNetTrainerBaseline), name
-        for method in ("train_step", "validation_step", "perform_actual_validation"):
+        for method in ("train_step", "validation_step", "perform_actual_validation", "initialize"):
             assert getattr(cls, method) is getattr(nnUNetTrainerBaseline, method), (name, method)
 
 
@@ -138,3 +139,90 @@ def test_predict_continue_never_mixes_precisions(tmp_path):
     with pytest.raises(PredictionInputError, match=r"cpu_autocast: 'off' then, 'bf16' now"):
         OutputFolder(tmp_path, {**settings, "cpu_autocast": "bf16"}, CONTINUE).plan(["case1"], ".nii.gz", False)
     assert OutputFolder(tmp_path, settings, CONTINUE).plan(["case1"], ".nii.gz", False) == []
+
+
+# ------------------------------------------------- torch's wrong CPU bf16 weight gradient on thin inputs
+def test_which_convolutions_meet_the_bf16_weight_gradient_defect():
+    unreliable = bf16_guard.bf16_conv_weight_gradient_unreliable
+    assert unreliable((2, 4, 4), (3, 3, 3)) and unreliable((4, 8, 8), (5, 5, 5)) and unreliable((8, 2, 8), (3, 3, 3))
+    assert not unreliable((4, 4, 4), (3, 3, 3))  # nnU-Net's demo network's smallest map
+    assert not unreliable((1, 4, 4), (3, 3, 3)) and not unreliable((4, 8, 8), (1, 3, 3))
+    assert not unreliable((2, 4), (3, 3))  # 2D: not affected
+
+
+def _grads_under_bf16(module: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor):
+    module.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = module(x)
+    out.backward(grad.to(out.dtype))
+    return out.dtype, module.weight.grad.clone(), x.grad.clone()
+
+
+@pytest.mark.parametrize("module, shape", [
+    (torch.nn.Conv3d(16, 16, 5, padding=2), (2, 16, 4, 8, 8)),  # V-Net's down_tr64 on a 16x32x32 patch
+    (torch.nn.Conv3d(32, 32, 3, padding=1), (2, 32, 2, 4, 4)),
+    (torch.nn.ConvTranspose3d(32, 16, 3, padding=1), (1, 32, 2, 4, 4)),
+])
+def test_wrapped_convolutions_run_thin_inputs_in_float32_and_the_rest_in_bf16(module, shape):
+    torch.manual_seed(0)
+    x, grad = torch.randn(shape), torch.randn(shape[0], module.out_channels, *shape[2:])
+    reference = torch.nn.Module()  # float32 gradients of the same module, computed without autocast
+    module.zero_grad(set_to_none=True)
+    xr = x.clone().requires_grad_()
+    module(xr).backward(grad)
+    reference.weight, reference.input = module.weight.grad.clone(), xr.grad.clone()
+    keys = list(module.state_dict())
+
+    assert bf16_guard.float32_where_bf16_conv_gradients_fail(module) == 1
+    assert bf16_guard.float32_where_bf16_conv_gradients_fail(module) == 0  # wrapped once
+    dtype, weight_grad, input_grad = _grads_under_bf16(module, x, grad)
+    assert dtype == torch.float32 and list(module.state_dict()) == keys and type(module).__name__ in repr(module)
+    torch.testing.assert_close(weight_grad, reference.weight, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(input_grad, reference.input, rtol=1e-4, atol=1e-4)
+    # an input at least as deep as the kernel: bf16 as before
+    thick = (shape[0], shape[1], 8, *shape[3:])
+    dtype, weight_grad, _ = _grads_under_bf16(module, torch.randn(thick), torch.randn(shape[0], module.out_channels,
+                                                                                      *thick[2:]))
+    assert dtype == torch.bfloat16 and torch.isfinite(weight_grad).all()
+
+
+@pytest.mark.parametrize("mode,device,wrapped", [("bf16", "cpu", 2), ("off", "cpu", 0), ("bf16", "cuda", 0)])
+def test_initialize_wraps_the_network_only_under_cpu_bf16(monkeypatch, mode, device, wrapped):
+    network = torch.nn.Sequential(torch.nn.Conv3d(1, 16, 5), torch.nn.Conv2d(16, 16, 3),
+                                  torch.nn.ConvTranspose3d(16, 1, 2, stride=2))
+
+    def fake_initialize(self):
+        self.network = network
+
+    logged = []
+    monkeypatch.setattr(nnUNetTrainer, "initialize", fake_initialize)
+    monkeypatch.setattr(nnUNetTrainer, "print_to_log_file", lambda self, *args, **kwargs: logged.append(args))
+    trainer = object.__new__(nnUNetTrainerBaseline)
+    trainer.cpu_autocast, trainer.device = mode, torch.device(device)
+    trainer.initialize()
+    assert sum("forward" in vars(m) for m in network.modules()) == wrapped
+    assert len(logged) == (1 if wrapped else 0)
+    trainer.initialize()  # nnU-Net's initialize may run again: nothing wrapped twice, nothing logged twice
+    assert sum("forward" in vars(m) for m in network.modules()) == wrapped and len(logged) == (1 if wrapped else 0)
+
+
+def test_lean_pool_skip_conv_on_a_thin_input_computes_in_float32_under_bf16():
+    from nnunet_poolskip.nn.lean_kernels import lean_pool_unpool_conv
+
+    torch.manual_seed(0)
+    y = torch.randn(2, 32, 2, 4, 4)
+    weight, bias = torch.randn(32, 32, 3, 3, 3) * 0.1, torch.randn(32)
+
+    def grads(autocast: bool):
+        w, b, yy = weight.clone().requires_grad_(), bias.clone().requires_grad_(), y.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = lean_pool_unpool_conv(yy, w, b, (2, 2, 2), (1, 1, 1))
+        out.float().sum().backward()
+        return out.dtype, w.grad, b.grad, yy.grad
+
+    dtype, *bf16_grads = grads(True)
+    _, *fp32_grads = grads(False)
+    assert dtype == torch.float32
+    for got, expected in zip(bf16_grads, fp32_grads):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
