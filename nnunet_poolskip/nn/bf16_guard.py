@@ -7,8 +7,9 @@ some entries, from one call to the next, or silently 130 % off (e.g. a 3x3x3 con
 on 4x8x8). The forward pass and the input gradient are right, and so is everything in float32. MONAI's V-Net (5x5x5
 convolutions) meets it at two stages of a demo-sized 16x32x32 patch and its training diverged to NaN; nnU-Net's demo
 network never does (its smallest feature map is 4x4x4 for 3x3x3 kernels). The trainers of this project apply
-:func:`float32_where_bf16_conv_gradients_fail` to their network under CPU bf16 autocast, and the Pool Skip kernel
-(:mod:`nnunet_poolskip.nn.lean_kernels`) checks :func:`bf16_conv_weight_gradient_unreliable` itself.
+:func:`float32_where_bf16_conv_gradients_fail` to their network under CPU bf16 autocast, and a Pool Skip module
+(:mod:`nnunet_poolskip.nn.pool_skip`) runs in float32 by itself on such inputs (:func:`needs_float32`), in both its
+implementations, so that they keep giving the same numbers.
 """
 from __future__ import annotations
 
@@ -28,10 +29,16 @@ def bf16_conv_weight_gradient_unreliable(input_spatial: Sequence[int], kernel_si
     return any(1 < int(size) < int(kernel) for size, kernel in zip(input_spatial, kernel_size))
 
 
-def _float32_when_unreliable(module, forward, x, *args, **kwargs):
-    if (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+def needs_float32(x: torch.Tensor, kernel_size: Sequence[int]) -> bool:
+    """Whether a 3D convolution with ``kernel_size`` (voxels) applied to ``x`` (N, C, D, H, W) right now would run
+    under CPU bfloat16 autocast and meet the weight-gradient defect: then it must run in float32."""
+    return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
             and torch.get_autocast_dtype("cpu") == torch.bfloat16
-            and bf16_conv_weight_gradient_unreliable(x.shape[2:], module.kernel_size)):
+            and bf16_conv_weight_gradient_unreliable(x.shape[2:], kernel_size))
+
+
+def _float32_when_unreliable(module, forward, x, *args, **kwargs):
+    if needs_float32(x, module.kernel_size):
         with torch.autocast("cpu", enabled=False):
             return forward(x.float(), *args, **kwargs)
     return forward(x, *args, **kwargs)

@@ -62,8 +62,6 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from nnunet_poolskip.nn.bf16_guard import bf16_conv_weight_gradient_unreliable
-
 POOL_FUNCTIONS: Dict[int, Callable] = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 """Max pooling per number of spatial dims (shared with the reference implementation)."""
 UNPOOL_FUNCTIONS: Dict[int, Callable] = {1: F.max_unpool1d, 2: F.max_unpool2d, 3: F.max_unpool3d}
@@ -375,9 +373,6 @@ def lean_pool_unpool_conv(y: torch.Tensor, weight: torch.Tensor, bias: Optional[
         out = CONV_FUNCTIONS[len(pool_size)](unpooled, weight, bias, 1, padding)
         return y + out if skip else out
     compute_dtype = autocast_dtype(y.device.type)
-    if (compute_dtype == torch.bfloat16 and y.device.type == "cpu"
-            and bf16_conv_weight_gradient_unreliable(y.shape[2:], weight.shape[2:])):
-        compute_dtype = torch.float32  # CPU bf16 would give a wrong weight gradient here (nn/bf16_guard.py)
     if compute_dtype is None or y.dtype == torch.float64:
         compute_dtype = y.dtype  # without autocast the conv runs in y's dtype (and fails like F.conv on a mismatch)
     else:

@@ -49,6 +49,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _module_hooks
 
+from nnunet_poolskip.nn.bf16_guard import needs_float32
 from nnunet_poolskip.nn.lean_kernels import lean_pool_unpool, lean_pool_unpool_conv, max_pool, unpool
 
 VARIANTS: Tuple[str, ...] = ("full", "pool_skip", "conv_skip", "pool_conv")
@@ -209,6 +210,14 @@ class _PoolSkipNd(nn.Module):
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         self._check_input(y)
+        if self.variant != "pool_skip" and self.spatial_dims == 3 and needs_float32(y, self.conv.kernel_size):
+            # torch's CPU bf16 weight gradient of this conv would be wrong (nn/bf16_guard.py): float32 here, in
+            # both implementations alike
+            with torch.autocast("cpu", enabled=False):
+                return self._forward(y.float())
+        return self._forward(y)
+
+    def _forward(self, y: torch.Tensor) -> torch.Tensor:
         if self.variant == "conv_skip":
             return y + self.conv(y)
         if self._lean_applies():

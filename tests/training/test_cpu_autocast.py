@@ -207,22 +207,31 @@ def test_initialize_wraps_the_network_only_under_cpu_bf16(monkeypatch, mode, dev
     assert sum("forward" in vars(m) for m in network.modules()) == wrapped and len(logged) == (1 if wrapped else 0)
 
 
-def test_lean_pool_skip_conv_on_a_thin_input_computes_in_float32_under_bf16():
-    from nnunet_poolskip.nn.lean_kernels import lean_pool_unpool_conv
+@pytest.mark.parametrize("variant", ["full", "pool_conv", "conv_skip"])
+@pytest.mark.parametrize("implementation", ["lean", "reference"])
+def test_pool_skip_on_a_thin_input_computes_in_float32_under_bf16(variant, implementation):
+    from nnunet_poolskip.nn.pool_skip import PoolSkip3d
 
     torch.manual_seed(0)
-    y = torch.randn(2, 32, 2, 4, 4)
-    weight, bias = torch.randn(32, 32, 3, 3, 3) * 0.1, torch.randn(32)
+    module = PoolSkip3d(32, variant=variant, implementation=implementation)
+    y, upstream = torch.randn(2, 32, 2, 4, 4), torch.randn(2, 32, 2, 4, 4)
 
     def grads(autocast: bool):
-        w, b, yy = weight.clone().requires_grad_(), bias.clone().requires_grad_(), y.clone().requires_grad_()
+        module.zero_grad(set_to_none=True)
+        yy = y.clone().requires_grad_()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            out = lean_pool_unpool_conv(yy, w, b, (2, 2, 2), (1, 1, 1))
-        out.float().sum().backward()
-        return out.dtype, w.grad, b.grad, yy.grad
+            out = module(yy)
+        out.backward(upstream.to(out.dtype))
+        return out.dtype, module.conv.weight.grad.clone(), module.conv.bias.grad.clone(), yy.grad.clone()
 
     dtype, *bf16_grads = grads(True)
     _, *fp32_grads = grads(False)
     assert dtype == torch.float32
     for got, expected in zip(bf16_grads, fp32_grads):
-        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # an input as deep as the kernel: the conv stays in bf16 (the result differs from float32's)
+    thick = torch.randn(2, 32, 4, 4, 4)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            in_bf16 = module(thick)
+        assert not torch.equal(in_bf16.float(), module(thick))
