@@ -7,8 +7,8 @@
 # The tests run in NNUNET_POOLSKIP_TEST_WORKERS processes (pytest-xdist; default: CPU cores + 1, at most 8; 3 on the
 # 2-core CI machine; 0 runs them in this process, as -p no:xdist would), each with one torch/OpenMP thread: an
 # integration test spends much of its time in single-threaded start-up, planning, evaluation and waiting for its
-# subprocesses, so one worker more than cores keeps them busy (measured on 2 cores: the suite in 1320 s with 3
-# workers, version 0.2.1; 1580 s with 2, version 0.2.0). At most 8: each worker's tests start processes of their own.
+# subprocesses. Measured on 2 cores, quiet: 3 workers 1320 s and 1601 s of pytest in two runs (version 0.2.1), 2
+# workers 1580 s (version 0.2.0): no clear gain. At most 8: each worker's tests start processes of their own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
