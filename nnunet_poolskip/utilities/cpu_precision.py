@@ -98,4 +98,3 @@ def cpu_autocast_context(mode: str, device_type: str) -> ContextManager:
     import torch
 
     return torch.autocast("cpu", dtype=torch.bfloat16)
-

@@ -167,19 +167,19 @@ def _grads_under_bf16(module: torch.nn.Module, x: torch.Tensor, grad: torch.Tens
 def test_wrapped_convolutions_run_thin_inputs_in_float32_and_the_rest_in_bf16(module, shape):
     torch.manual_seed(0)
     x, grad = torch.randn(shape), torch.randn(shape[0], module.out_channels, *shape[2:])
-    reference = torch.nn.Module()  # float32 gradients of the same module, computed without autocast
+    # float32 gradients of the same module, computed without autocast
     module.zero_grad(set_to_none=True)
     xr = x.clone().requires_grad_()
     module(xr).backward(grad)
-    reference.weight, reference.input = module.weight.grad.clone(), xr.grad.clone()
+    expected_weight_grad, expected_input_grad = module.weight.grad.clone(), xr.grad.clone()
     keys = list(module.state_dict())
 
     assert bf16_guard.float32_where_bf16_conv_gradients_fail(module) == 1
     assert bf16_guard.float32_where_bf16_conv_gradients_fail(module) == 0  # wrapped once
     dtype, weight_grad, input_grad = _grads_under_bf16(module, x, grad)
     assert dtype == torch.float32 and list(module.state_dict()) == keys and type(module).__name__ in repr(module)
-    torch.testing.assert_close(weight_grad, reference.weight, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(input_grad, reference.input, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(weight_grad, expected_weight_grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(input_grad, expected_input_grad, rtol=1e-4, atol=1e-4)
     # an input at least as deep as the kernel: bf16 as before
     thick = (shape[0], shape[1], 8, *shape[3:])
     dtype, weight_grad, _ = _grads_under_bf16(module, torch.randn(thick), torch.randn(shape[0], module.out_channels,
